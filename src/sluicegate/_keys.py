@@ -40,9 +40,7 @@ def encode_key(key: object) -> str:
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidKeyError(
-            f"key is not valid UTF-8 ({exc.reason} at index {exc.start}): {describe(key)}"
-        ) from None
+        raise InvalidKeyError(f"key is not valid UTF-8 ({exc.reason} at index {exc.start}): {describe(key)}") from None
     if size > MAX_KEY_BYTES:
         raise InvalidKeyError(f"key is {size} UTF-8 bytes, more than the {MAX_KEY_BYTES} allowed: {describe(key)}")
     return _ESCAPED.sub(_escape, key)
@@ -59,7 +57,7 @@ def state_keys(prefix: str, policy: Policy, key: object) -> tuple[str, ...]:
     """The store keys holding ``policy``'s state for user ``key`` (validated here)."""
     if not isinstance(key, str):
         encode_key(key)  # raises the InvalidKeyError that names the bad key
-    return _state_keys(prefix, policy, key)  # type: ignore[arg-type]
+    return _state_keys(prefix, policy, key)
 
 
 @lru_cache(maxsize=65_536)

@@ -66,9 +66,7 @@ class Policy:
         _check_count("limit", self.limit)
         period_ms = _check_period(self.period)
         if self.algorithm not in ALGORITHMS:
-            raise PolicyError(
-                f"unknown algorithm {describe(self.algorithm)}; expected one of {', '.join(ALGORITHMS)}"
-            )
+            raise PolicyError(f"unknown algorithm {describe(self.algorithm)}; expected one of {', '.join(ALGORITHMS)}")
         if self.burst is not None:
             if self.algorithm != "gcra":
                 raise PolicyError(

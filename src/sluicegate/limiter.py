@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 from ._decision import Decision
 from ._errors import ConfigError, CostError, InputError, PolicyError, describe
@@ -27,6 +27,7 @@ PolicyLike = Policy | str
 #: "client": this process's wall clock. A callable: seconds since the epoch (tests, simulations).
 Clock = Literal["server", "client"] | Callable[[], float]
 ItemLike = tuple[str, PolicyLike] | tuple[str, PolicyLike, int]
+_S = TypeVar("_S", Store, AsyncStore)
 
 
 def _policy(policy: object) -> Policy:
@@ -45,6 +46,12 @@ def _check_cost(cost: object, policy: Policy) -> int:
             f"cost {cost} exceeds the capacity {policy.capacity} of policy '{policy}': it could never be allowed"
         )
     return cost
+
+
+def _as_store(store: _S) -> _S:
+    if not all(callable(getattr(store, method, None)) for method in ("decide", "reset")):
+        raise ConfigError(f"url must be a store URL (str) or a store; got {describe(store)}")
+    return store
 
 
 class _LimiterCore:
@@ -83,8 +90,10 @@ class _LimiterCore:
         given: list[tuple[str, int]] = []
         for position, entry in enumerate(items):
             if not isinstance(entry, tuple | list) or len(entry) not in (2, 3):
-                raise InputError(f"hit_all item {position} must be (key, policy) or (key, policy, cost); got {describe(entry)}")
-            item = self._item(entry[0], entry[1], entry[2] if len(entry) == 3 else cost)  # type: ignore[misc]
+                raise InputError(
+                    f"hit_all item {position} must be (key, policy) or (key, policy, cost); got {describe(entry)}"
+                )
+            item = self._item(entry[0], entry[1], entry[2] if len(entry) == 3 else cost)
             index = where.setdefault(item.keys, len(merged))
             if index == len(merged):
                 merged.append(item)
@@ -108,15 +117,14 @@ class _LimiterCore:
             retry_after=verdict.retry_after_us / 1_000_000,
         )
 
-    def _combined(self, merged: Sequence[Item], given: Sequence[tuple[str, int]], verdicts: Sequence[Verdict]) -> Decision:
+    def _combined(
+        self, merged: Sequence[Item], given: Sequence[tuple[str, int]], verdicts: Sequence[Verdict]
+    ) -> Decision:
         """The ``hit_all`` answer: the denying item's decision (the longest wait when several
         deny), else the one with the least remaining; every item's decision in ``results``."""
         results = tuple(self._decision(key, merged[index].policy, verdicts[index]) for key, index in given)
         denied = [d for d in results if not d.allowed]
-        if denied:
-            chosen = max(denied, key=lambda d: d.retry_after)
-        else:
-            chosen = min(results, key=lambda d: d.remaining)
+        chosen = max(denied, key=lambda d: d.retry_after) if denied else min(results, key=lambda d: d.remaining)
         return dataclasses.replace(chosen, results=results)
 
 
@@ -138,7 +146,7 @@ class Limiter(_LimiterCore):
         timeout: float = 0.05,
     ) -> None:
         super().__init__(prefix=prefix, clock=clock, timeout=timeout)
-        self._store: Store = open_store(url, timeout=self.timeout) if isinstance(url, str) else url
+        self._store: Store = open_store(url, timeout=self.timeout) if isinstance(url, str) else _as_store(url)
 
     def __repr__(self) -> str:
         return f"<Limiter store={self._store!r} prefix={self.prefix!r}>"
@@ -192,7 +200,9 @@ class AsyncLimiter(_LimiterCore):
         timeout: float = 0.05,
     ) -> None:
         super().__init__(prefix=prefix, clock=clock, timeout=timeout)
-        self._store: AsyncStore = open_async_store(url, timeout=self.timeout) if isinstance(url, str) else url
+        self._store: AsyncStore = (
+            open_async_store(url, timeout=self.timeout) if isinstance(url, str) else _as_store(url)
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncLimiter store={self._store!r} prefix={self.prefix!r}>"

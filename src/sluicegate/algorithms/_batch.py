@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .._policy import Policy
@@ -12,7 +12,7 @@ from ._outcome import Outcome
 __all__ = ["DECIDE", "Verdict", "Write", "decide_all"]
 
 #: Algorithm name -> its pure ``decide`` function.
-DECIDE = {
+DECIDE: dict[str, Callable[[Any, int, Policy, int], Outcome[Any]]] = {
     "gcra": gcra.decide,
     "sliding-log": sliding_log.decide,
     "sliding-window": sliding_window.decide,
@@ -32,7 +32,7 @@ class Verdict(NamedTuple):
 class Write(NamedTuple):
     """State a store must keep for ``ttl_us`` (then drop) after an allowed hit."""
 
-    index: int
+    item: int
     state: Any
     ttl_us: int
 

@@ -23,9 +23,7 @@ __all__ = ["SlidingWindowState", "decide"]
 SlidingWindowState = tuple[int, int, int]
 
 
-def decide(
-    state: SlidingWindowState | None, now: int, policy: Policy, cost: int
-) -> Outcome[SlidingWindowState]:
+def decide(state: SlidingWindowState | None, now: int, policy: Policy, cost: int) -> Outcome[SlidingWindowState]:
     limit, period = policy.limit, policy.period_ms * 1000
     window, current, previous = now // period, 0, 0
     if state is not None:

@@ -40,9 +40,7 @@ def _scheme(url: object) -> str:
     if scheme in _RESERVED_SCHEMES:
         raise ConfigError(f"{scheme}:// is reserved for Redis Cluster and Sentinel, not supported yet: {describe(url)}")
     if scheme != "memory" and scheme not in _REDIS_SCHEMES:
-        raise ConfigError(
-            f"unsupported store URL {describe(url)}; expected memory://, redis://, rediss:// or unix://"
-        )
+        raise ConfigError(f"unsupported store URL {describe(url)}; expected memory://, redis://, rediss:// or unix://")
     return scheme
 
 

@@ -54,7 +54,7 @@ class MemoryStore:
             states = [self._get(item.keys[0], now) for item in items]
             verdicts, writes = decide_all(states, now, [(item.policy, item.cost) for item in items], commit=commit)
             for write in writes:
-                self._put(items[write.index].keys[0], write.state, now, write.ttl_us)
+                self._put(items[write.item].keys[0], write.state, now, write.ttl_us)
             return verdicts
 
     def reset(self, keys: Sequence[str]) -> None:

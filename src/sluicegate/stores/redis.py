@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -27,12 +27,13 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from .._errors import ConfigError, StoreError, describe
-from .._policy import ALGORITHMS
 from .._lua import DECIDE_SCRIPT, DECIDE_SHA
+from .._policy import ALGORITHMS
 from ..algorithms import Verdict
 from ._base import Item
 
 __all__ = ["AsyncRedisStore", "RedisStore", "client_options", "script_args", "store_error", "verdicts"]
+
 
 def client_options(timeout: float) -> dict[str, Any]:
     """redis-py settings for a rate limiter rather than a cache."""
@@ -62,9 +63,7 @@ def script_args(items: Sequence[Item], now: int | None, *, commit: bool) -> list
 
 def verdicts(reply: list[int]) -> list[Verdict]:
     """Parse the script's flat reply (the first integer, "all allowed", is implied by the rest)."""
-    return [
-        Verdict(reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(1, len(reply), 4)
-    ]
+    return [Verdict(reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(1, len(reply), 4)]
 
 
 def store_error(exc: RedisError) -> StoreError:
@@ -92,13 +91,14 @@ def store_error(exc: RedisError) -> StoreError:
 class RedisStore:
     """Decides with ``decide.lua`` on a standalone Redis (``redis://``, ``rediss://``, ``unix://``)."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_execute")
 
     def __init__(self, url: str, *, timeout: float) -> None:
         try:
             self._client: redis.Redis = redis.Redis.from_url(url, **client_options(timeout))
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {describe(url)}: {exc}") from None
+        self._execute: Callable[..., Any] = self._client.execute_command
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._client.connection_pool!r}>"
@@ -107,16 +107,16 @@ class RedisStore:
         args = script_args(items, now, commit=commit)
         try:
             try:
-                reply = self._client.execute_command("EVALSHA", DECIDE_SHA, *args)
+                reply = self._execute("EVALSHA", DECIDE_SHA, *args)
             except NoScriptError:
-                reply = self._client.execute_command("EVAL", DECIDE_SCRIPT, *args)
+                reply = self._execute("EVAL", DECIDE_SCRIPT, *args)
         except RedisError as exc:
             raise store_error(exc) from exc
         return verdicts(reply)
 
     def reset(self, keys: Sequence[str]) -> None:
         try:
-            self._client.execute_command("DEL", *keys)
+            self._execute("DEL", *keys)
         except RedisError as exc:
             raise store_error(exc) from exc
 
@@ -127,13 +127,14 @@ class RedisStore:
 class AsyncRedisStore:
     """The asyncio twin of ``RedisStore``; only the awaits differ."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_execute")
 
     def __init__(self, url: str, *, timeout: float) -> None:
         try:
             self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(timeout))
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {describe(url)}: {exc}") from None
+        self._execute: Callable[..., Any] = self._client.execute_command
 
     def __repr__(self) -> str:
         return f"<AsyncRedisStore {self._client.connection_pool!r}>"
@@ -142,16 +143,16 @@ class AsyncRedisStore:
         args = script_args(items, now, commit=commit)
         try:
             try:
-                reply = await self._client.execute_command("EVALSHA", DECIDE_SHA, *args)
+                reply = await self._execute("EVALSHA", DECIDE_SHA, *args)
             except NoScriptError:
-                reply = await self._client.execute_command("EVAL", DECIDE_SCRIPT, *args)
+                reply = await self._execute("EVAL", DECIDE_SCRIPT, *args)
         except RedisError as exc:
             raise store_error(exc) from exc
         return verdicts(reply)
 
     async def reset(self, keys: Sequence[str]) -> None:
         try:
-            await self._client.execute_command("DEL", *keys)
+            await self._execute("DEL", *keys)
         except RedisError as exc:
             raise store_error(exc) from exc
 
