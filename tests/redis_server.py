@@ -27,13 +27,14 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server with no persistence; ``stop``/``cont``/``kill``/``restart`` break it."""
 
-    def __init__(self, workdir: Path, *extra_args: str) -> None:
+    def __init__(self, workdir: Path, *extra_args: str, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; run scripts/test, which installs it")
         self.binary = binary
         self.workdir = workdir
         self.extra_args = extra_args
+        self.tls = tls
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -43,12 +44,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        # The tests' own control connection; it trusts the test server's throwaway certificate.
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, ssl=self.tls, ssl_cert_reqs="none")
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        ports = ("--port", "0", "--tls-port", str(self.port)) if self.tls else ("--port", str(self.port))
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

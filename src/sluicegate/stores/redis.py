@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis._parsers import _RESP2Parser
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
@@ -94,8 +95,15 @@ class RedisStore:
     __slots__ = ("_client", "_execute")
 
     def __init__(self, url: str, *, timeout: float) -> None:
+        options = client_options(timeout)
+        if url.lower().startswith("rediss:"):
+            # redis-py's pool checks a new connection with the hiredis parser's raw-socket
+            # readability; a TLS 1.3 server's session tickets arrive after the handshake and make
+            # that check fail at random ("Connection not ready"). The pure-Python parser reads
+            # through the TLS layer, so TLS connections use it.
+            options["parser_class"] = _RESP2Parser
         try:
-            self._client: redis.Redis = redis.Redis.from_url(url, **client_options(timeout))
+            self._client: redis.Redis = redis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {describe(url)}: {exc}") from None
         self._execute: Callable[..., Any] = self._client.execute_command
