@@ -163,3 +163,13 @@ async def test_async_limiter_refuses_the_same_input() -> None:
             await limiter.hit_all([])
         with pytest.raises(PolicyError, match="cannot parse"):
             await limiter.reset("k", "nonsense")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret@127.0.0.1:notaport/0", "postgres://user:s3cret@db/x", "redis+sentinel://:s3cret@a:1/m"]
+)
+def test_url_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        sluicegate.Limiter(url)
+    assert "s3cret" not in str(raised.value)
+    assert ":***@" in str(raised.value)

@@ -17,6 +17,8 @@ never echoed unbounded.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 __all__ = [
     "ConfigError",
     "CostError",
@@ -26,6 +28,7 @@ __all__ = [
     "SluicegateError",
     "StoreError",
     "describe",
+    "redact_url",
 ]
 
 _MAX_ECHO = 64
@@ -37,6 +40,18 @@ def describe(value: object) -> str:
     if len(text) > _MAX_ECHO:
         text = text[: _MAX_ECHO - 3] + "..."
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # a malformed netloc: show nothing of it rather than a secret
+        return "<unparsable URL>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class SluicegateError(Exception):

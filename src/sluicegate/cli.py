@@ -16,14 +16,15 @@ import bisect
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from . import Decision, Limiter, Policy, SluicegateError, StoreError, __version__
+from ._errors import redact_url
 
 __all__ = ["build_parser", "main"]
 
@@ -32,6 +33,14 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_THROTTLED = 3
 EXIT_INTERRUPTED = 130
+_EXIT_CODES_HELP = """\
+exit codes:
+  0    ok (check: allowed)
+  1    error: bad input, store unreachable
+  2    usage error
+  3    throttled (check)
+  130  interrupted
+"""
 
 REDIS_URL_ENV = "SLUICEGATE_REDIS_URL"
 DEMO_PREFIX = "sluicegate-demo"
@@ -41,6 +50,7 @@ DEMO_POLICIES = (
     "10/2s algorithm sliding-window",
     "10/2s algorithm fixed-window",
 )
+_MEMORY_CHECK_NOTE = "sluicegate: note: memory:// keeps nothing between runs; pass --redis URL for shared state"
 _WINDOWED = ("sliding-window", "fixed-window")
 _US = 1_000_000
 
@@ -63,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args)
     except StoreError as exc:
-        return _fail(f"store {_redacted(_store_url(args))}: {exc}")
+        return _fail(f"store {redact_url(_store_url(args))}: {exc}")
     except SluicegateError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -77,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluicegate",
         description="Exact, atomic rate limiting on Redis and in memory.",
-        epilog="exit codes: 0 ok, 1 error (bad input, store unreachable), 2 usage error, 3 throttled (check)",
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit code table as written
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -150,16 +161,6 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _redacted(url: str) -> str:
-    """``url`` without its password, fit to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def _open_limiter(args: argparse.Namespace, *, prefix: str, clock: Callable[[], float] | None = None) -> Limiter:
     url = _store_url(args)
     return Limiter(url, prefix=prefix, timeout=args.timeout, clock="server" if clock is None else clock)
@@ -186,13 +187,10 @@ def _add_check(commands: SubParsers, store_options: argparse.ArgumentParser) -> 
 
 def run_check(args: argparse.Namespace) -> int:
     policy = Policy.parse(args.policy)
-    url = _store_url(args)
-    if url.startswith("memory:"):
-        print(
-            "sluicegate: note: memory:// keeps nothing between runs; pass --redis URL for shared state", file=sys.stderr
-        )
     with _open_limiter(args, prefix=args.prefix) as limiter:
         decision = limiter.hit(args.key, policy, cost=args.cost)
+    if _store_url(args).startswith("memory:"):
+        print(_MEMORY_CHECK_NOTE, file=sys.stderr)
     fields = _decision_fields(decision)
     if args.json:
         print(json.dumps(fields))
@@ -313,19 +311,7 @@ class _ScheduledClock:
         self.offset_us = 0
 
     def __call__(self) -> float:
-        return _seconds_exact(self.epoch_us + self.offset_us)
-
-
-def _seconds_exact(us: int) -> float:
-    """Seconds as a float that the Limiter (which floors seconds * 1e6) turns back into ``us``.
-
-    ``us / 1e6`` can land a fraction of a µs low; floored, a request due exactly at a refill or
-    a window edge would arrive 1 µs early and be denied.
-    """
-    seconds = us / _US
-    while math.floor(seconds * _US) < us:
-        seconds = math.nextafter(seconds, math.inf)
-    return seconds
+        return (self.epoch_us + self.offset_us) / _US  # the Limiter rounds back to the exact µs
 
 
 def _demo_epoch_us(policies: Sequence[Policy]) -> int:
@@ -365,9 +351,9 @@ class _Phase:
     label: str
 
 
-#: One 4 s cycle of traffic, repeated for longer runs. At 5/s the default policies' rate, the
-#: bursts overflow every bucket, the first steady stream is twice the rate and the second is the
-#: rate itself, which is where the algorithms disagree most.
+#: One 4 s cycle of traffic, repeated for longer runs. Against the default policies (5/s on
+#: average, 10 at once) the bursts overflow every one of them, the first stream runs at twice
+#: their rate and the second at exactly their rate: where the algorithms disagree most.
 _CYCLE_US = 4 * _US
 _PHASES = (
     _Phase(0, 400_000, 40, "burst: 40 requests/s"),
@@ -436,6 +422,8 @@ class _Lane:
 
 @dataclass(frozen=True)
 class _Demo:
+    """One run of the demo: the traffic, the policies' columns and what is printed."""
+
     limiter: Limiter
     key: str
     clock: _ScheduledClock
@@ -446,7 +434,7 @@ class _Demo:
 
     def print_intro(self, url: str, duration: float, tick_us: int) -> None:
         self._print(f"sluicegate demo: the same traffic through {len(self.lanes)} policies for {duration:g} s")
-        self._print(f"store {_redacted(url)}, key {self.key!r} under prefix {DEMO_PREFIX!r} (expires by itself)")
+        self._print(f"store {redact_url(url)}, key {self.key!r} under prefix {DEMO_PREFIX!r} (expires by itself)")
         self._print()
         label_width = max(len(lane.label) for lane in self.lanes)
         policy_width = max(len(str(lane.policy)) for lane in self.lanes)
@@ -515,6 +503,10 @@ class _Demo:
         print(line, file=self.out, flush=True)
 
 
+_MARK_RUNS = re.compile(r"#+|\.+")
+_GREEN, _RED, _DIM, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[0m"
+
+
 @dataclass(frozen=True)
 class _Style:
     """ANSI colours for marks, only for a terminal and only without NO_COLOR (no-color.org)."""
@@ -526,12 +518,13 @@ class _Style:
         return cls(stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
 
     def marks(self, text: str) -> str:
+        """Admitted runs green, denied runs red."""
         if not self.colour:
             return text
-        return text.replace("#", "\x1b[32m#\x1b[0m").replace(".", "\x1b[31m.\x1b[0m")
+        return _MARK_RUNS.sub(lambda run: f"{_GREEN if run[0][0] == '#' else _RED}{run[0]}{_RESET}", text)
 
     def dim(self, text: str) -> str:
-        return f"\x1b[2m{text}\x1b[0m" if self.colour and text else text
+        return f"{_DIM}{text}{_RESET}" if self.colour and text else text
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ into their store (the shape of httpx's ``BaseClient`` / ``Client`` / ``AsyncClie
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
@@ -75,7 +74,7 @@ class _LimiterCore:
 
     def _now(self) -> int | None:
         """The caller's time in µs, or None to let the store read its own clock."""
-        return None if self._clock is None else math.floor(self._clock() * 1_000_000)
+        return None if self._clock is None else round(self._clock() * 1_000_000)
 
     def _item(self, key: str, policy: PolicyLike, cost: int) -> Item:
         resolved = _policy(policy)

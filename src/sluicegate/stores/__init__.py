@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from .._errors import ConfigError, describe
+from .._errors import ConfigError, describe, redact_url
 from ._base import AsyncStore, Item, Store
 from .memory import DEFAULT_MAX_KEYS, AsyncMemoryStore, MemoryStore
 from .redis import AsyncRedisStore, RedisStore
@@ -36,11 +36,12 @@ _RESERVED_SCHEMES = ("redis+cluster", "rediss+cluster", "redis+sentinel", "redis
 def _scheme(url: object) -> str:
     if not isinstance(url, str):
         raise ConfigError(f"store URL must be a str; got {describe(url)}")
+    shown = describe(redact_url(url))
     scheme = urlsplit(url).scheme.lower()
     if scheme in _RESERVED_SCHEMES:
-        raise ConfigError(f"{scheme}:// is reserved for Redis Cluster and Sentinel, not supported yet: {describe(url)}")
+        raise ConfigError(f"{scheme}:// is reserved for Redis Cluster and Sentinel, not supported yet: {shown}")
     if scheme != "memory" and scheme not in _REDIS_SCHEMES:
-        raise ConfigError(f"unsupported store URL {describe(url)}; expected memory://, redis://, rediss:// or unix://")
+        raise ConfigError(f"unsupported store URL {shown}; expected memory://, redis://, rediss:// or unix://")
     return scheme
 
 

@@ -27,7 +27,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from .._errors import ConfigError, StoreError, describe
+from .._errors import ConfigError, StoreError, describe, redact_url
 from .._lua import DECIDE_SCRIPT, DECIDE_SHA
 from .._policy import ALGORITHMS
 from ..algorithms import Verdict
@@ -72,14 +72,14 @@ def store_error(exc: RedisError) -> StoreError:
     message = str(exc)
     if isinstance(exc, redis.TimeoutError):
         kind = "timeout"
+    elif isinstance(exc, BusyLoadingError) or message.startswith("BUSY"):  # before its base class
+        kind = "busy"
     elif isinstance(exc, redis.ConnectionError):
         kind = "connection"
     elif isinstance(exc, ReadOnlyError):
         kind = "readonly"
     elif isinstance(exc, OutOfMemoryError):
         kind = "oom"
-    elif isinstance(exc, BusyLoadingError) or message.startswith("BUSY"):
-        kind = "busy"
     elif isinstance(exc, NoScriptError):
         kind = "noscript"
     elif message.startswith(("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "CROSSSLOT")):
@@ -105,7 +105,7 @@ class RedisStore:
         try:
             self._client: redis.Redis = redis.Redis.from_url(url, **options)
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {describe(url)}: {exc}") from None
+            raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
         self._execute: Callable[..., Any] = self._client.execute_command
 
     def __repr__(self) -> str:
@@ -141,7 +141,7 @@ class AsyncRedisStore:
         try:
             self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(timeout))
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {describe(url)}: {exc}") from None
+            raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
         self._execute: Callable[..., Any] = self._client.execute_command
 
     def __repr__(self) -> str:
