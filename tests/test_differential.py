@@ -84,8 +84,8 @@ def _run(limiter: sluicegate.Limiter, operation: str, arguments: Any) -> object:
         return ("CostError", str(exc))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(trace=st.lists(st.tuples(steps, operations), min_size=1, max_size=30))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trace=st.lists(st.tuples(steps, operations), min_size=3, max_size=40))
 def test_redis_and_memory_decide_alike(redis_url: str, trace: list[tuple[float, tuple[str, object]]]) -> None:
     clock = Clock()
     prefix = f"diff{next(_prefixes)}"

@@ -2,7 +2,8 @@
 
 This is the only place the math is written in Python; ``sluicegate/lua/`` holds the Lua twin
 of each function (and of ``decide_all``), and a differential test keeps them equal. A step with
-``cost=0`` is a pure look at the current state (always allowed, consumes nothing).
+``cost=0`` is a pure look at the current state (always allowed, consumes nothing). A cost above
+the policy's capacity is the caller's to refuse (``Limiter`` raises ``CostError``).
 
 How to choose:
 

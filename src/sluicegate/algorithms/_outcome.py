@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Outcome", "tolerance"]
+__all__ = ["TIME_TOLERANCE_US", "Outcome"]
 
 S = TypeVar("S")
 
@@ -27,11 +27,8 @@ class Outcome(Generic[S]):
     ttl_us: int
 
 
-def tolerance(capacity: int) -> float:
-    """Slack for float rounding in comparisons against ``capacity``.
-
-    Waiting exactly ``retry_after`` must admit: the drained amount is computed in floats and can
-    fall a few ulps short of the exact value. 1e-12 of the capacity is far above those ulps and
-    far below one unit, so no request is ever admitted that exact arithmetic would deny by one.
-    """
-    return capacity * 1e-12
+#: Float slack in time comparisons, in µs. Drained amounts are computed in floats and can land
+#: a hair off the exact value, so a request exactly at ``retry_after`` could be denied, or a wait
+#: rounded up by a whole µs. One nanosecond is far above that noise for any policy whose bucket
+#: drains within 366 days, and far below the 1 µs resolution of every time sluicegate reports.
+TIME_TOLERANCE_US = 1e-3

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from .._policy import Policy
-from ._outcome import Outcome, tolerance
+from ._outcome import TIME_TOLERANCE_US, Outcome
 
 __all__ = ["GcraState", "decide"]
 
@@ -23,17 +23,24 @@ GcraState = tuple[int, float]
 
 def decide(state: GcraState | None, now: int, policy: Policy, cost: int) -> Outcome[GcraState]:
     limit, period, capacity = policy.limit, policy.period_ms * 1000, policy.capacity
-    used = 0.0
+    used, behind = 0.0, 0
     if state is not None:
         t0, used_then = state
-        now = max(now, t0)  # a clock that went back: treat it as no time passed
+        # A caller whose clock is behind the last writer's: no time has passed since t0, and
+        # every wait below is longer by how far behind it is.
+        behind = max(t0 - now, 0)
+        now = now + behind
         used = max(used_then - float(now - t0) * limit / period, 0.0)
-    allowed = used + cost <= capacity + tolerance(capacity)
+    wait = (used + cost - capacity) * period / limit
+    allowed = wait <= TIME_TOLERANCE_US
+    retry = 0
     if allowed:
         used = used + cost
-        retry = 0
     else:
-        retry = math.ceil((used + cost - capacity) * period / limit)
-    remaining = max(math.floor(capacity - used + tolerance(capacity)), 0)
-    reset = math.ceil(used * period / limit)
-    return Outcome(allowed, remaining, reset, retry, (now, used) if allowed else None, reset)
+        retry = math.ceil(wait - TIME_TOLERANCE_US) + behind
+    remaining = max(math.floor(capacity - used + TIME_TOLERANCE_US * limit / period), 0)
+    drain = used * period / limit
+    reset = math.ceil(drain - TIME_TOLERANCE_US) + behind if used > 0 else 0
+    # The TTL errs long (by 1 µs) so that once it has passed, the state is exactly empty.
+    ttl = math.ceil(drain) + 1 + behind
+    return Outcome(allowed, remaining, reset, retry, (now, used) if allowed else None, ttl)

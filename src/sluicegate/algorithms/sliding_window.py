@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from .._policy import Policy
-from ._outcome import Outcome, tolerance
+from ._outcome import TIME_TOLERANCE_US, Outcome
 
 __all__ = ["SlidingWindowState", "decide"]
 
@@ -35,18 +35,22 @@ def decide(state: SlidingWindowState | None, now: int, policy: Policy, cost: int
     start = window * period
     elapsed = max(now - start, 0)
     weight = (period - elapsed) / period
-    allowed = previous * weight + current + cost <= limit + tolerance(limit)
+    # The estimate falls by previous / period units per µs: this slack is TIME_TOLERANCE_US.
+    # The counts are combined first, exactly (they are integers), so that the previous
+    # window's fading weight is not lost in the rounding of a large sum.
+    slack = previous * TIME_TOLERANCE_US / period
+    allowed = previous * weight <= limit - current - cost + slack
     retry = 0
     if allowed:
         current = current + cost
     else:
         room = limit - current - cost
         if room >= 0:  # the previous window's weight alone is in the way: wait for it to fade
-            wait = period - float(room) * period / previous - elapsed
+            wait = period - float(room) * period / previous - (now - start)
         else:  # wait for the next window, where this window's count becomes the previous one
             wait = (start + period - now) + max(period - float(limit - cost) * period / current, 0.0)
-        retry = math.ceil(wait)
-    remaining = max(math.floor(limit - (previous * weight + current) + tolerance(limit)), 0)
+        retry = math.ceil(wait - TIME_TOLERANCE_US)
+    remaining = max(math.floor(limit - current - previous * weight + slack), 0)
     if current > 0:
         reset = start + 2 * period - now
     elif previous > 0:

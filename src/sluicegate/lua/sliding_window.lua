@@ -20,8 +20,11 @@ algorithms.w = function(keys, now, limit, period, capacity, cost)
   local start = window * period
   local elapsed = math.max(now - start, 0)
   local weight = (period - elapsed) / period
-  local tolerance = limit * 1e-12
-  local allowed = previous * weight + current + cost <= limit + tolerance
+  -- The estimate falls by previous / period units per µs: this slack is TIME_TOLERANCE_US.
+  -- The counts are combined first, exactly (they are integers), so that the previous window's
+  -- fading weight is not lost in the rounding of a large sum.
+  local slack = previous * TIME_TOLERANCE_US / period
+  local allowed = previous * weight <= limit - current - cost + slack
   local retry = 0
   if allowed then
     current = current + cost
@@ -29,13 +32,13 @@ algorithms.w = function(keys, now, limit, period, capacity, cost)
     local room = limit - current - cost
     local wait
     if room >= 0 then -- the previous window's weight alone is in the way: wait for it to fade
-      wait = period - room * period / previous - elapsed
+      wait = period - room * period / previous - (now - start)
     else -- wait for the next window, where this window's count becomes the previous one
       wait = (start + period - now) + math.max(period - (limit - cost) * period / current, 0)
     end
-    retry = math.ceil(wait)
+    retry = math.ceil(wait - TIME_TOLERANCE_US)
   end
-  local remaining = math.max(math.floor(limit - (previous * weight + current) + tolerance), 0)
+  local remaining = math.max(math.floor(limit - current - previous * weight + slack), 0)
   local reset = 0
   if current > 0 then
     reset = start + 2 * period - now
