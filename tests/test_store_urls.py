@@ -15,12 +15,12 @@ pytestmark = pytest.mark.redis
 
 
 def _decides(url: str) -> None:
-    with sluicegate.Limiter(url, timeout=2.0) as limiter:
+    with sluicegate.Limiter(url, timeout=2.0, fallback="raise") as limiter:
         assert [limiter.hit("k", "2/minute").allowed for _ in range(3)] == [True, True, False]
 
 
 async def _decides_async(url: str) -> None:
-    async with sluicegate.AsyncLimiter(url, timeout=2.0) as limiter:
+    async with sluicegate.AsyncLimiter(url, timeout=2.0, fallback="raise") as limiter:
         assert [(await limiter.hit("k", "2/minute")).allowed for _ in range(3)] == [True, True, False]
 
 
@@ -74,13 +74,14 @@ def test_tls_new_connections_are_ready(tls_redis: tuple[RedisServer, Path]) -> N
     # connections with "Connection not ready" (redis-py's hiredis readiness check).
     server, ca_file = tls_redis
     for attempt in range(40):
-        with sluicegate.Limiter(f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={ca_file}", timeout=2.0) as limiter:
+        url = f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={ca_file}"
+        with sluicegate.Limiter(url, timeout=2.0, fallback="raise") as limiter:
             assert limiter.hit(f"fresh{attempt}", "1/minute").allowed
 
 
 def test_tls_refuses_an_untrusted_server(tls_redis: tuple[RedisServer, Path]) -> None:
     server, _ = tls_redis
-    limiter = sluicegate.Limiter(f"rediss://127.0.0.1:{server.port}/0", timeout=2.0)
+    limiter = sluicegate.Limiter(f"rediss://127.0.0.1:{server.port}/0", timeout=2.0, fallback="raise")
     with limiter, pytest.raises(sluicegate.StoreError) as raised:
         limiter.hit("k", "2/minute")
     assert raised.value.kind == "connection"

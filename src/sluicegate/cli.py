@@ -163,7 +163,15 @@ def _positive_int(text: str) -> int:
 
 def _open_limiter(args: argparse.Namespace, *, prefix: str, clock: Callable[[], float] | None = None) -> Limiter:
     url = _store_url(args)
-    return Limiter(url, prefix=prefix, timeout=args.timeout, clock="server" if clock is None else clock)
+    # A shell user asked this store: a store failure is an error here, not a local guess.
+    return Limiter(
+        url,
+        prefix=prefix,
+        timeout=args.timeout,
+        clock="server" if clock is None else clock,
+        fallback="raise",
+        registry=None,
+    )
 
 
 # --- check ---------------------------------------------------------------------------------------

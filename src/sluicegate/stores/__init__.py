@@ -27,6 +27,7 @@ __all__ = [
     "Store",
     "open_async_store",
     "open_store",
+    "store_kind",
 ]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -54,6 +55,14 @@ def _memory(url: str) -> MemoryStore:
     if not text.isascii() or not text.isdigit():
         raise ConfigError(f"max_keys must be a positive integer in {describe(url)}")
     return MemoryStore(max_keys=int(text))
+
+
+def store_kind(url: object) -> str:
+    """A short, bounded name for the store behind ``url``, for metric labels."""
+    if isinstance(url, str):
+        scheme = urlsplit(url).scheme.lower()
+        return "memory" if scheme == "memory" else "redis"
+    return {MemoryStore: "memory", AsyncMemoryStore: "memory"}.get(type(url), "custom")
 
 
 def open_store(url: str, *, timeout: float) -> Store:

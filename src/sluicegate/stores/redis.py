@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis
@@ -90,9 +92,13 @@ def store_error(exc: RedisError) -> StoreError:
 
 
 class RedisStore:
-    """Decides with ``decide.lua`` on a standalone Redis (``redis://``, ``rediss://``, ``unix://``)."""
+    """Decides with ``decide.lua`` on a standalone Redis (``redis://``, ``rediss://``, ``unix://``).
 
-    __slots__ = ("_client", "_execute")
+    Each call has one deadline, ``timeout`` after it starts, shared by connecting, sending,
+    reading and a script reload, so no call outlasts it whatever Redis does.
+    """
+
+    __slots__ = ("_client", "_pool", "timeout")
 
     def __init__(self, url: str, *, timeout: float) -> None:
         options = client_options(timeout)
@@ -106,25 +112,40 @@ class RedisStore:
             self._client: redis.Redis = redis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
-        self._execute: Callable[..., Any] = self._client.execute_command
+        self._pool = self._client.connection_pool
+        self.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"<RedisStore {self._client.connection_pool!r}>"
+        return f"<RedisStore {self._pool!r}>"
 
     def decide(self, items: Sequence[Item], now: int | None, *, commit: bool) -> list[Verdict]:
         args = script_args(items, now, commit=commit)
+        deadline = time.monotonic() + self.timeout
         try:
-            try:
-                reply = self._execute("EVALSHA", DECIDE_SHA, *args)
-            except NoScriptError:
-                reply = self._execute("EVAL", DECIDE_SCRIPT, *args)
+            connection = self._pool.get_connection()
         except RedisError as exc:
             raise store_error(exc) from exc
+        try:
+            try:
+                reply = self._call(connection, deadline, "EVALSHA", DECIDE_SHA, *args)
+            except NoScriptError:  # the script did not run: safe to send it whole
+                reply = self._call(connection, deadline, "EVAL", DECIDE_SCRIPT, *args)
+        except RedisError as exc:
+            raise store_error(exc) from exc
+        finally:
+            self._pool.release(connection)
         return verdicts(reply)
+
+    @staticmethod
+    def _call(connection: Any, deadline: float, *command: Any) -> Any:
+        connection.send_command(*command)
+        # A reply that does not come by the deadline disconnects the connection: its reply, if
+        # it ever comes, must not be read as the answer to a later call.
+        return connection.read_response(timeout=max(deadline - time.monotonic(), 0.001))
 
     def reset(self, keys: Sequence[str]) -> None:
         try:
-            self._execute("DEL", *keys)
+            self._client.delete(*keys)
         except RedisError as exc:
             raise store_error(exc) from exc
 
@@ -133,16 +154,17 @@ class RedisStore:
 
 
 class AsyncRedisStore:
-    """The asyncio twin of ``RedisStore``; only the awaits differ."""
+    """The asyncio twin of ``RedisStore``; one ``asyncio.timeout`` bounds each call."""
 
-    __slots__ = ("_client", "_execute")
+    __slots__ = ("_client", "_execute", "timeout")
 
     def __init__(self, url: str, *, timeout: float) -> None:
         try:
             self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(timeout))
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
-        self._execute: Callable[..., Any] = self._client.execute_command
+        self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        self.timeout = timeout
 
     def __repr__(self) -> str:
         return f"<AsyncRedisStore {self._client.connection_pool!r}>"
@@ -150,17 +172,25 @@ class AsyncRedisStore:
     async def decide(self, items: Sequence[Item], now: int | None, *, commit: bool) -> list[Verdict]:
         args = script_args(items, now, commit=commit)
         try:
-            try:
-                reply = await self._execute("EVALSHA", DECIDE_SHA, *args)
-            except NoScriptError:
-                reply = await self._execute("EVAL", DECIDE_SCRIPT, *args)
+            # Cancelling a redis-py call mid-reply disconnects that connection, so a late
+            # reply is never read as the answer to a later call.
+            async with asyncio.timeout(self.timeout):
+                try:
+                    reply = await self._execute("EVALSHA", DECIDE_SHA, *args)
+                except NoScriptError:  # the script did not run: safe to send it whole
+                    reply = await self._execute("EVAL", DECIDE_SCRIPT, *args)
+        except TimeoutError as exc:
+            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
         except RedisError as exc:
             raise store_error(exc) from exc
         return verdicts(reply)
 
     async def reset(self, keys: Sequence[str]) -> None:
         try:
-            await self._execute("DEL", *keys)
+            async with asyncio.timeout(self.timeout):
+                await self._client.delete(*keys)
+        except TimeoutError as exc:
+            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
         except RedisError as exc:
             raise store_error(exc) from exc
 
