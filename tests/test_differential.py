@@ -90,7 +90,7 @@ def test_redis_and_memory_decide_alike(redis_url: str, trace: list[tuple[float, 
     clock = Clock()
     prefix = f"diff{next(_prefixes)}"
     with (
-        sluicegate.Limiter(redis_url, prefix=prefix, clock=clock, timeout=2.0) as on_redis,
+        sluicegate.Limiter(redis_url, prefix=prefix, clock=clock, timeout=2.0, fallback="raise") as on_redis,
         sluicegate.Limiter(MemoryStore(), prefix=prefix, clock=clock) as in_memory,
     ):
         for step, (operation, arguments) in trace:
