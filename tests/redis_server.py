@@ -67,19 +67,27 @@ class RedisServer:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers. Returns once the
+        kernel has stopped it (the signal is delivered asynchronously)."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + _START_DEADLINE_S
+        # the state is the field after the parenthesised command name: T = stopped
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server {self.process.pid} did not stop")
+            time.sleep(0.001)
 
     def cont(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
 
     def kill(self) -> None:
-        """Kill -9 and wait: the state is gone, like a crash without persistence."""
+        """Kill -9 where it stands (stopped or not) and wait: the state is gone, like a crash
+        without persistence. No SIGCONT first, which would let a frozen server answer."""
         if self.process is None:
             return
-        os.kill(self.process.pid, signal.SIGCONT)
         self.process.kill()
         self.process.wait(timeout=10)
         self.process = None

@@ -1,7 +1,8 @@
 """The circuit breaker between the limiter and its store: a small state machine, no I/O.
 
 - Closed: decisions go to the store. A refused connection opens the breaker at once; other
-  store failures (timeouts, READONLY, OOM, …) open it after ``failure_threshold`` in a row.
+  store failures (timeouts, dropped connections, READONLY, OOM, …) open it after
+  ``failure_threshold`` in a row, so one stale pooled connection does not switch a node over.
 - Open: decisions go straight to the fallback, with no connection attempt on the decision path.
   The limiter probes the store in the background every ``probe_interval`` seconds (with jitter,
   so a fleet of gateways does not probe in step) and closes the breaker when a probe succeeds.
@@ -52,10 +53,11 @@ class Breaker:
         self.is_open = False
         return True
 
-    def failed(self, kind: str) -> bool:
-        """The store failed with a ``StoreError`` of ``kind``. Returns True if that opened the breaker."""
+    def failed(self, *, refused: bool = False) -> bool:
+        """The store failed (``refused``: no connection could be made). Returns True if that
+        opened the breaker."""
         self._failures += 1
-        if self.is_open or (kind != "connection" and self._failures < self.failure_threshold):
+        if self.is_open or (not refused and self._failures < self.failure_threshold):
             return False
         self.is_open = True
         self.next_probe_delay()

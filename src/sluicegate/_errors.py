@@ -83,10 +83,12 @@ class StoreError(SluicegateError):
 
     ``kind`` is one of a small fixed set, safe to use as a metric label:
     ``timeout``, ``connection``, ``readonly``, ``oom``, ``busy``, ``noscript``, ``cluster``, ``other``.
+    ``refused`` is True when no connection could be made at all (the store is down, not slow).
     """
 
     KINDS = ("timeout", "connection", "readonly", "oom", "busy", "noscript", "cluster", "other")
 
-    def __init__(self, message: str, *, kind: str = "other") -> None:
+    def __init__(self, message: str, *, kind: str = "other", refused: bool = False) -> None:
         super().__init__(message)
         self.kind = kind if kind in self.KINDS else "other"
+        self.refused = refused

@@ -213,16 +213,14 @@ class _LimiterCore:
 
     def _failed(self, exc: StoreError) -> bool:
         """The store failed: count it, feed the breaker, and return True if the breaker opened
-        (the caller starts probing). Re-raises for ``fallback="raise"``."""
+        (the caller then starts probing, and re-raises for ``fallback="raise"``)."""
         if self._metrics is not None:
             self._metrics.store_errors.labels(self._store_label, exc.kind).inc()
         with self._transition_lock:
-            opened = self._breaker.failed(exc.kind)
+            opened = self._breaker.failed(refused=exc.refused)
         if opened:
             log.warning("sluicegate: circuit breaker open after %s; deciding with fallback=%s", exc, self.fallback)
             self._transition("open")
-        if self.fallback == "raise":
-            raise exc
         return opened
 
     def _transition(self, state: str) -> None:
@@ -403,6 +401,8 @@ class Limiter(_LimiterCore):
             except StoreError as exc:
                 if self._failed(exc):
                     self._start_probing()
+                if self.fallback == "raise":
+                    raise
             else:
                 self._answered(items, verdicts)
                 return verdicts, None
@@ -525,6 +525,8 @@ class AsyncLimiter(_LimiterCore):
             except StoreError as exc:
                 if self._failed(exc):
                     self._start_probing()
+                if self.fallback == "raise":
+                    raise
             else:
                 self._answered(items, verdicts)
                 return verdicts, None
