@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_options = _store_options()
     _add_demo(commands, store_options)
     _add_check(commands, store_options)
+    _add_config(commands, store_options)
     return parser
 
 
@@ -226,6 +227,43 @@ def _plain(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# --- config check --------------------------------------------------------------------------------
+
+
+def _add_config(commands: SubParsers, store_options: argparse.ArgumentParser) -> None:
+    config = commands.add_parser(
+        "config",
+        help="work with rate-limit rule configs (the envoyproxy/ratelimit YAML format)",
+        description="Work with rate-limit rule configs in the envoyproxy/ratelimit YAML format.",
+    )
+    actions = config.add_subparsers(title="actions", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check",
+        help="validate a config file or a directory of them",
+        description="Load a config file, or every .yaml/.yml file of a directory (one domain each), as the "
+        "service would. Prints 'ok: N domains, M rules' and exits 0, or prints every problem as "
+        "FILE:LINE: FIELD: MESSAGE on stderr and exits 1.",
+    )
+    check.add_argument("path", metavar="FILE_OR_DIR", help="a config file or a directory of config files")
+    check.set_defaults(run=run_config_check)
+
+
+def run_config_check(args: argparse.Namespace) -> int:
+    from .service.config import RateLimitConfigError, load  # PyYAML only for the commands that need it
+
+    try:
+        config = load(args.path)
+    except RateLimitConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        count = len(exc.issues)
+        print(f"sluicegate: {args.path}: {count} problem{'s' * (count != 1)}", file=sys.stderr)
+        return EXIT_ERROR
+    domains, rules = len(config.domains), len(config.rules)
+    print(f"ok: {domains} domain{'s' * (domains != 1)}, {rules} rule{'s' * (rules != 1)}")
+    return EXIT_OK
 
 
 # --- demo: arguments -----------------------------------------------------------------------------

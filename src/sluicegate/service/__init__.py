@@ -1,0 +1,3 @@
+"""The decision service: rule configuration (``config``), in the envoyproxy/ratelimit format."""
+
+from __future__ import annotations
