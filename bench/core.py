@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.redis_server import RedisServer
+
 import sluicegate
 from sluicegate._keys import state_keys
-from tests.redis_server import RedisServer
 
 POLICIES = {
     "gcra": sluicegate.Policy(1_000_000, 1.0),
