@@ -7,6 +7,9 @@ import pytest
 
 from tests.redis_server import RedisServer
 
+# The session's Redis Cluster and Sentinel deployments (fixtures redis_cluster, redis_sentinel).
+pytest_plugins = ["tests.redis_cluster"]
+
 
 class FakeClock:
     """A clock the test moves by hand; seconds since the epoch, like ``time.time``."""

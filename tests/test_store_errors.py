@@ -31,3 +31,10 @@ def test_each_redis_error_maps_to_one_kind(error: exceptions.RedisError, kind: s
 
 def test_messages_are_bounded() -> None:
     assert len(str(store_error(exceptions.ResponseError("ERR " + "x" * 10_000)))) < 300
+
+
+def test_only_a_failed_connect_counts_as_refused() -> None:
+    refused = exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    assert store_error(refused).refused
+    assert not store_error(exceptions.ConnectionError("Connection closed by server.")).refused
+    assert not store_error(exceptions.TimeoutError("Timeout connecting to server")).refused

@@ -7,9 +7,11 @@
 -- ARGV[2]  '1' to write the new state when every item is allowed, '0' to only look (peek)
 -- ARGV[3…] five per item: algorithm code (g, l, w or f), limit (units), period (µs),
 --          capacity (units), cost (units)
--- returns  {1 if every item is allowed else 0, then four integers per item: allowed (1|0),
---          remaining (units), reset_after (µs), retry_after (µs)}
+-- returns  {1 if every item is allowed else 0, then five integers per item: allowed (1|0),
+--          remaining (units), reset_after (µs), retry_after (µs), mark}
 -- If any item is denied nothing is written, and each allowed item reports its state as it stands.
+-- mark is what the item's write left for refund.lua to find (gcra: its t0; sliding-log: its
+-- entry's seq; the windows: the window index); 0 when nothing was written.
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allow writes after TIME (later versions always do)
 end
@@ -38,7 +40,7 @@ local reply = {all_allowed and 1 or 0}
 for _, item in ipairs(items) do
   if all_allowed then
     if ARGV[2] == '1' then
-      item.write()
+      item.mark = item.write()
     end
   elseif item.allowed then -- nothing was consumed: report the state as it stands (cost 0)
     local _
@@ -49,5 +51,6 @@ for _, item in ipairs(items) do
   reply[#reply + 1] = item.remaining
   reply[#reply + 1] = item.reset
   reply[#reply + 1] = item.retry
+  reply[#reply + 1] = item.mark or 0
 end
 return reply

@@ -3,7 +3,8 @@
 --
 -- keys[1]  string "<window> <count>": window index (now // period) and units admitted in it
 -- now      µs (integer); limit, capacity: units; period: µs; cost: units (0 = only look)
--- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write()
+-- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write();
+--          write() stores the new state and returns its window index (refund.lua's mark)
 algorithms.f = function(keys, now, limit, period, capacity, cost)
   local window, count = math.floor(now / period), 0
   local state = redis.call('GET', keys[1])
@@ -24,6 +25,7 @@ algorithms.f = function(keys, now, limit, period, capacity, cost)
   local reset = count > 0 and until_end or 0
   local function write()
     redis.call('SET', keys[1], string.format('%d %d', window, count), 'PX', math.ceil(until_end / 1000))
+    return window
   end
   return allowed, limit - count, reset, retry, write
 end

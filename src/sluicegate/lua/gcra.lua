@@ -3,7 +3,8 @@
 -- keys[1]  string "<t0> <used>": t0 = time of the last admitted request (integer µs),
 --          used = units in use right after it (a float, written with %.17g so it reads back exact)
 -- now      µs (integer); limit, capacity: units; period: µs; cost: units (0 = only look)
--- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write()
+-- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write();
+--          write() stores the new state and returns its t0 (refund.lua's mark)
 algorithms.g = function(keys, now, limit, period, capacity, cost)
   local used, behind = 0, 0
   local state = redis.call('GET', keys[1])
@@ -34,6 +35,7 @@ algorithms.g = function(keys, now, limit, period, capacity, cost)
   local ttl = math.ceil(drain) + 1 + behind
   local function write()
     redis.call('SET', keys[1], string.format('%d %.17g', now, used), 'PX', math.ceil(ttl / 1000))
+    return now
   end
   return allowed, remaining, reset, retry, write
 end

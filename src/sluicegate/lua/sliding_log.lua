@@ -4,7 +4,8 @@
 --          an entry counts while now < time + period
 -- keys[2]  hash {used = sum of the logged costs, seq = last sequence number (keeps members unique)}
 -- now      µs (integer); limit, capacity: units; period: µs; cost: units (0 = only look)
--- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write()
+-- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write();
+--          write() logs the request and returns its entry's seq (refund.lua's mark)
 local function entry_cost(member)
   return tonumber(string.match(member, ':(%d+)$'))
 end
@@ -50,6 +51,7 @@ algorithms.l = function(keys, now, limit, period, capacity, cost)
     local ttl = math.ceil(reset / 1000)
     redis.call('PEXPIRE', keys[1], ttl)
     redis.call('PEXPIRE', keys[2], ttl)
+    return seq
   end
   return allowed, limit - used, reset, retry, write
 end

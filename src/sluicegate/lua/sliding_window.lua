@@ -3,7 +3,8 @@
 --
 -- keys[1]  string "<window> <current> <previous>": window index and the two counts
 -- now      µs (integer); limit, capacity: units; period: µs; cost: units (0 = only look)
--- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write()
+-- returns  allowed (boolean), remaining (units), reset_after (µs), retry_after (µs), write();
+--          write() stores the new state and returns its window index (refund.lua's mark)
 algorithms.w = function(keys, now, limit, period, capacity, cost)
   local window, current, previous = math.floor(now / period), 0, 0
   local state = redis.call('GET', keys[1])
@@ -48,6 +49,7 @@ algorithms.w = function(keys, now, limit, period, capacity, cost)
   local function write()
     redis.call('SET', keys[1], string.format('%d %d %d', window, current, previous),
       'PX', math.ceil(reset / 1000))
+    return window
   end
   return allowed, remaining, reset, retry, write
 end

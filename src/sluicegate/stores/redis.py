@@ -13,19 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from redis._parsers import _RESP2Parser
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
+    TryAgainError,
 )
 from redis.retry import Retry
 
@@ -35,16 +43,27 @@ from .._policy import ALGORITHMS
 from ..algorithms import Verdict
 from ._base import Item
 
-__all__ = ["AsyncRedisStore", "RedisStore", "client_options", "script_args", "store_error", "verdicts"]
+__all__ = [
+    "AsyncRedisStore",
+    "HostsURL",
+    "RedisStore",
+    "client_options",
+    "item_args",
+    "marks",
+    "parse_hosts_url",
+    "script_args",
+    "store_error",
+    "verdicts",
+]
 
 
-def client_options(timeout: float) -> dict[str, Any]:
-    """redis-py settings for a rate limiter rather than a cache."""
+def client_options(timeout: float, *, asynchronous: bool = False) -> dict[str, Any]:
+    """redis-py settings for a rate limiter rather than a cache (``asynchronous``: for redis.asyncio)."""
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         # No hidden retries: a retried decision may count twice (the first try may have run).
-        "retry": Retry(NoBackoff(), 0),
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0),
         "retry_on_timeout": False,
         "health_check_interval": 0,
         # No CLIENT SETINFO on connect: a new connection costs no extra round trip.
@@ -53,24 +72,120 @@ def client_options(timeout: float) -> dict[str, Any]:
     }
 
 
+#: redis-py's pool checks a new connection with the hiredis parser's raw-socket readability; a
+#: TLS 1.3 server's session tickets arrive after the handshake and make that check fail at random
+#: ("Connection not ready"). The pure-Python parser reads through the TLS layer, so synchronous
+#: TLS connections use it.
+TLS_PARSER: dict[str, Any] = {"parser_class": _RESP2Parser}
+
+
+def _flag(text: str) -> bool:
+    flags = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if text.lower() not in flags:
+        raise ValueError(text)
+    return flags[text.lower()]
+
+
+#: Query options of a Cluster or Sentinel URL that apply to every data node, and how to read them.
+_NODE_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "client_name": str,
+    "ssl_ca_certs": str,
+    "ssl_ca_path": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_cert_reqs": str,
+    "ssl_check_hostname": _flag,
+}
+
+
+@dataclass(frozen=True)
+class HostsURL:
+    """A parsed ``scheme://[[user]:password@]host[:port],host[:port]…[/path][?options]`` URL."""
+
+    hosts: list[tuple[str, int]]
+    #: the path without its leading "/" (the Sentinel service name)
+    path: str
+    #: redis-py keyword arguments for the data nodes: credentials, client_name, TLS
+    node_options: dict[str, Any]
+    #: ``ssl`` and the ``ssl_*`` options alone (empty unless the scheme is ``rediss+…``)
+    tls_options: dict[str, Any]
+    #: the store's own query options, read by the parsers it passed
+    extra: dict[str, Any]
+
+
+def parse_hosts_url(url: str, *, default_port: int, extra: Mapping[str, Callable[[str], Any]]) -> HostsURL:
+    """Parse a Cluster or Sentinel URL (several hosts, which redis-py's ``from_url`` cannot)."""
+    shown = describe(redact_url(url))
+    parts = urlsplit(url)
+    userinfo, at, host_list = parts.netloc.rpartition("@")
+    hosts: list[tuple[str, int]] = []
+    for entry in host_list.split(","):
+        try:
+            node = urlsplit(f"//{entry}")
+            host, port = node.hostname, node.port or default_port
+        except ValueError:
+            host = None
+        if not host:
+            raise ConfigError(f"bad host {describe(entry)} in {shown}; expected host[:port],host[:port],…")
+        hosts.append((host, port))
+    parsers = {**_NODE_OPTIONS, **extra}
+    values: dict[str, Any] = {}
+    for name, texts in parse_qs(parts.query, keep_blank_values=True).items():
+        if name not in parsers:
+            raise ConfigError(f"unknown option {describe(name)} in {shown}; expected {', '.join(sorted(parsers))}")
+        try:
+            values[name] = parsers[name](texts[-1])
+        except ValueError:
+            raise ConfigError(f"invalid value for {name} in {shown}") from None
+    tls = parts.scheme.lower().startswith("rediss")
+    tls_options = {name: value for name, value in values.items() if name.startswith("ssl_")}
+    if tls_options and not tls:
+        raise ConfigError(f"{sorted(tls_options)[0]} needs TLS (rediss+…://) in {shown}")
+    node_options = {name: value for name, value in values.items() if name in _NODE_OPTIONS}
+    if at:
+        username, colon, password = userinfo.partition(":")
+        if username:
+            node_options["username"] = unquote(username)
+        if colon:
+            node_options["password"] = unquote(password)
+    if tls:
+        tls_options["ssl"] = True
+        node_options["ssl"] = True
+    extra_values = {name: value for name, value in values.items() if name not in _NODE_OPTIONS}
+    return HostsURL(hosts, unquote(parts.path.lstrip("/")), node_options, tls_options, extra_values)
+
+
+def item_args(item: Item) -> tuple[str, int, int, int, int]:
+    """One item's ARGV in the scripts: algorithm code, limit, period (µs), capacity, cost."""
+    policy = item.policy
+    return ALGORITHMS[policy.algorithm], policy.limit, policy.period_ms * 1000, policy.capacity, item.cost
+
+
 def script_args(items: Sequence[Item], now: int | None, *, commit: bool) -> list[Any]:
     """``numkeys, KEYS…, ARGV…`` for ``decide.lua``."""
     keys: list[str] = []
     argv: list[Any] = ["" if now is None else now, 1 if commit else 0]
     for item in items:
-        policy = item.policy
         keys.extend(item.keys)
-        argv += (ALGORITHMS[policy.algorithm], policy.limit, policy.period_ms * 1000, policy.capacity, item.cost)
+        argv += item_args(item)
     return [len(keys), *keys, *argv]
 
 
 def verdicts(reply: list[int]) -> list[Verdict]:
     """Parse the script's flat reply (the first integer, "all allowed", is implied by the rest)."""
-    return [Verdict(reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(1, len(reply), 4)]
+    return [Verdict(reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(1, len(reply), 5)]
 
 
-def store_error(exc: RedisError) -> StoreError:
+def marks(reply: list[int]) -> list[int]:
+    """Each item's mark from the script's reply: what ``refund.lua`` needs to undo its write."""
+    return reply[5::5]
+
+
+def store_error(exc: RedisError | RedisClusterException) -> StoreError:
     """Translate a redis-py error into ``StoreError`` with a metric-safe ``kind``."""
+    if isinstance(exc, RedisClusterException) and isinstance(exc.__cause__, RedisError):
+        # "Redis Cluster cannot be connected": no startup node answered; the cause says why.
+        return store_error(exc.__cause__)
     message = str(exc)
     if isinstance(exc, redis.TimeoutError):
         kind = "timeout"
@@ -84,11 +199,15 @@ def store_error(exc: RedisError) -> StoreError:
         kind = "oom"
     elif isinstance(exc, NoScriptError):
         kind = "noscript"
+    elif isinstance(exc, ClusterError | TryAgainError | AskError | ClusterCrossSlotError | RedisClusterException):
+        kind = "cluster"  # redis-py strips the CLUSTERDOWN, TRYAGAIN, MOVED… code from the message
     elif message.startswith(("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "CROSSSLOT")):
         kind = "cluster"
     else:
         kind = "other"
-    return StoreError(f"redis {kind} error: {type(exc).__name__}: {message[:200]}", kind=kind)
+    # redis-py words a failed connect "Error N connecting to host:port": the store is down.
+    refused = kind == "connection" and " connecting to " in message
+    return StoreError(f"redis {kind} error: {type(exc).__name__}: {message[:200]}", kind=kind, refused=refused)
 
 
 class RedisStore:
@@ -101,19 +220,19 @@ class RedisStore:
     __slots__ = ("_client", "_pool", "timeout")
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        options = client_options(timeout)
-        if url.lower().startswith("rediss:"):
-            # redis-py's pool checks a new connection with the hiredis parser's raw-socket
-            # readability; a TLS 1.3 server's session tickets arrive after the handshake and make
-            # that check fail at random ("Connection not ready"). The pure-Python parser reads
-            # through the TLS layer, so TLS connections use it.
-            options["parser_class"] = _RESP2Parser
-        try:
-            self._client: redis.Redis = redis.Redis.from_url(url, **options)
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
+        self._client: redis.Redis = self._open(url, timeout)
         self._pool = self._client.connection_pool
         self.timeout = timeout
+
+    def _open(self, url: str, timeout: float) -> redis.Redis:
+        """The client for ``url`` (the Sentinel store opens one through its Sentinels instead)."""
+        options = client_options(timeout)
+        if url.lower().startswith("rediss:"):
+            options |= TLS_PARSER
+        try:
+            return redis.Redis.from_url(url, **options)
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._pool!r}>"
@@ -140,8 +259,9 @@ class RedisStore:
     def _call(connection: Any, deadline: float, *command: Any) -> Any:
         connection.send_command(*command)
         # A reply that does not come by the deadline disconnects the connection: its reply, if
-        # it ever comes, must not be read as the answer to a later call.
-        return connection.read_response(timeout=max(deadline - time.monotonic(), 0.001))
+        # it ever comes, must not be read as the answer to a later call. Said explicitly:
+        # redis-py's Sentinel connections default to keeping the connection.
+        return connection.read_response(timeout=max(deadline - time.monotonic(), 0.001), disconnect_on_error=True)
 
     def reset(self, keys: Sequence[str]) -> None:
         try:
@@ -159,12 +279,16 @@ class AsyncRedisStore:
     __slots__ = ("_client", "_execute", "timeout")
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        try:
-            self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options(timeout))
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
+        self._client: redis.asyncio.Redis = self._open(url, timeout)
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self.timeout = timeout
+
+    def _open(self, url: str, timeout: float) -> redis.asyncio.Redis:
+        """The client for ``url`` (the Sentinel store opens one through its Sentinels instead)."""
+        try:
+            return redis.asyncio.Redis.from_url(url, **client_options(timeout, asynchronous=True))
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"<AsyncRedisStore {self._client.connection_pool!r}>"
