@@ -20,6 +20,7 @@ from sluicegate.stores.redis import store_error
         (exceptions.NoScriptError("No matching script"), "noscript"),
         (exceptions.ResponseError("CLUSTERDOWN The cluster is down"), "cluster"),
         (exceptions.ResponseError("TRYAGAIN Multiple keys request during rehashing"), "cluster"),
+        (exceptions.MaxConnectionsError("Too many connections"), "pool"),
         (exceptions.ResponseError("ERR something else"), "other"),
     ],
 )

@@ -82,11 +82,12 @@ class StoreError(SluicegateError):
     """The store (Redis) failed or did not answer in time.
 
     ``kind`` is one of a small fixed set, safe to use as a metric label:
-    ``timeout``, ``connection``, ``readonly``, ``oom``, ``busy``, ``noscript``, ``cluster``, ``other``.
+    ``timeout``, ``connection``, ``readonly``, ``oom``, ``busy``, ``noscript``, ``cluster``,
+    ``pool`` (this process had no free connection: the store is not at fault), ``other``.
     ``refused`` is True when no connection could be made at all (the store is down, not slow).
     """
 
-    KINDS = ("timeout", "connection", "readonly", "oom", "busy", "noscript", "cluster", "other")
+    KINDS = ("timeout", "connection", "readonly", "oom", "busy", "noscript", "cluster", "pool", "other")
 
     def __init__(self, message: str, *, kind: str = "other", refused: bool = False) -> None:
         super().__init__(message)

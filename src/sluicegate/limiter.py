@@ -216,6 +216,8 @@ class _LimiterCore:
         (the caller then starts probing, and re-raises for ``fallback="raise"``)."""
         if self._metrics is not None:
             self._metrics.store_errors.labels(self._store_label, exc.kind).inc()
+        if exc.kind == "pool":  # this process ran out of connections; the store is not to blame
+            return False
         with self._transition_lock:
             opened = self._breaker.failed(refused=exc.refused)
         if opened:
@@ -308,7 +310,7 @@ class Limiter(_LimiterCore):
     (None: no metrics); ``on_throttle`` receives every throttled Decision.
     """
 
-    __slots__ = ("_probe_stop", "_probe_thread", "_store")
+    __slots__ = ("_probe_stop", "_probe_thread", "_probing", "_store")
 
     def __init__(
         self,
@@ -334,6 +336,7 @@ class Limiter(_LimiterCore):
         )
         self._store: Store = open_store(url, timeout=self.timeout) if isinstance(url, str) else _as_store(url)
         self._probe_thread: threading.Thread | None = None
+        self._probing = False  # a probe thread is running and will check the breaker again
         self._probe_stop = threading.Event()
 
     def __repr__(self) -> str:
@@ -409,14 +412,24 @@ class Limiter(_LimiterCore):
         return self._degraded(items, commit=commit)
 
     def _start_probing(self) -> None:
-        if self._probe_thread is not None and self._probe_thread.is_alive():
-            return
+        # `_probing` changes only under the lock, where the probe thread also decides to exit:
+        # a breaker that reopens as the last probe thread leaves still gets a new one.
+        with self._transition_lock:
+            if self._probing:
+                return
+            self._probing = True
         self._probe_thread = threading.Thread(target=self._probe, name="sluicegate-probe", daemon=True)
         self._probe_thread.start()
 
     def _probe(self) -> None:
         """Until the store answers (or the limiter closes): wait, then try one real decision."""
-        while self._breaker.is_open and not self._probe_stop.wait(self._breaker.seconds_to_probe()):
+        while True:
+            with self._transition_lock:
+                if not self._breaker.is_open:
+                    self._probing = False
+                    return
+            if self._probe_stop.wait(self._breaker.seconds_to_probe()):
+                return
             try:
                 self._store.decide([self._probe_item], None, commit=True)
             except StoreError as exc:

@@ -28,6 +28,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterCrossSlotError,
     ClusterError,
+    MaxConnectionsError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -191,6 +192,8 @@ def store_error(exc: RedisError | RedisClusterException) -> StoreError:
         kind = "timeout"
     elif isinstance(exc, BusyLoadingError) or message.startswith("BUSY"):  # before its base class
         kind = "busy"
+    elif isinstance(exc, MaxConnectionsError):  # also a ConnectionError, but no fault of the store
+        kind = "pool"
     elif isinstance(exc, redis.ConnectionError):
         kind = "connection"
     elif isinstance(exc, ReadOnlyError):
