@@ -236,7 +236,8 @@ class _LimiterCore:
             raise StoreError("the store is unavailable (circuit breaker open)", kind="connection")
         if self.fallback == "allow":
             return [Verdict(True, i.policy.capacity - i.cost, 0, 0) for i in items], [i.policy.capacity for i in items]
-        probe_us = max(round(self._breaker.seconds_to_probe() * 1_000_000), 1)
+        # A probe in flight answers within the timeout: no sooner can the store be back.
+        probe_us = round(max(self._breaker.seconds_to_probe(), self.timeout) * 1_000_000)
         if self.fallback == "deny":
             return [Verdict(False, 0, 0, probe_us) for _ in items], [i.policy.capacity for i in items]
         local = [i._replace(policy=_scaled(i.policy, self.fallback_share)) for i in items]
