@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands, store_options)
     _add_check(commands, store_options)
     _add_config(commands, store_options)
+    _add_serve(commands, store_options)
     return parser
 
 
@@ -264,6 +265,57 @@ def run_config_check(args: argparse.Namespace) -> int:
     domains, rules = len(config.domains), len(config.rules)
     print(f"ok: {domains} domain{'s' * (domains != 1)}, {rules} rule{'s' * (rules != 1)}")
     return EXIT_OK
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+#: serve's flags: (flag, Settings field, help). Each overrides its SLUICEGATE_* variable.
+_SERVE_FLAGS = (
+    ("--host", "host", "bind address (default: 127.0.0.1)"),
+    ("--port", "port", "HTTP port (default: 8080; 0: any free port)"),
+    ("--metrics-port", "metrics_port", "also serve /metrics alone on this port"),
+    ("--grpc-port", "grpc_port", "serve Envoy's rate-limit gRPC API on this port"),
+    ("--config", "config", "rule config file or directory (default: the built-in example)"),
+    ("--redis", "redis_url", "store URL (default: memory://)"),
+    ("--timeout", "timeout", "seconds a store call may take (default: 0.05)"),
+    ("--fallback", "fallback", "when the store fails: local, allow, deny or raise (default: local)"),
+    ("--prefix", "prefix", "store key prefix (default: sluicegate)"),
+    ("--auth-token-file", "auth_token_file", "file holding the bearer token HTTP callers must send"),
+    ("--trusted-proxies", "trusted_proxies", "comma-separated CIDRs whose X-Forwarded-For is believed"),
+    ("--auth-domain", "auth_domain", "domain of /v1/auth requests (default: the config's only domain)"),
+    ("--auth-descriptors", "auth_descriptors", "descriptors /v1/auth builds (default: remote_address)"),
+    ("--auth-deny-status", "auth_deny_status", "/v1/auth status when throttled: 403 (nginx) or 429"),
+    ("--log-format", "log_format", "text or json (default: text)"),
+    ("--log-level", "log_level", "debug, info, warning or error (default: info)"),
+)
+
+
+def _add_serve(commands: SubParsers, store_options: argparse.ArgumentParser) -> None:
+    # Not the shared store options: their defaults would override SLUICEGATE_* variables.
+    serve = commands.add_parser(
+        "serve",
+        help="run the decision service (HTTP: /json, /v1/check, /v1/auth; gRPC: Envoy RLS)",
+        description="Run the decision service. Settings come from SLUICEGATE_* environment variables; "
+        "each flag overrides its variable. SIGHUP reloads the config; SIGTERM drains and stops.",
+    )
+    for flag, setting, help_text in _SERVE_FLAGS:
+        serve.add_argument(flag, dest=setting, metavar=flag[2:].upper().replace("-", "_"), help=help_text)
+    serve.add_argument(
+        "--shadow-mode",
+        action="store_const",
+        const=True,
+        help="report every rule's denials but enforce none",
+    )
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .service.server import run  # the service's imports only for the command that needs them
+    from .service.settings import Settings
+
+    overrides = {setting: getattr(args, setting) for _, setting, _ in _SERVE_FLAGS}
+    settings = Settings.from_env(**overrides, shadow_mode=args.shadow_mode)
+    return run(settings)
 
 
 # --- demo: arguments -----------------------------------------------------------------------------
