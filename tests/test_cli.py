@@ -180,7 +180,8 @@ def test_top_level_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "demo" in out
     assert "check" in out
-    assert "3    throttled (check)" in out
+    assert "inspect" in out
+    assert "3    throttled (check; inspect: would be)" in out
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -336,3 +337,17 @@ def test_python_dash_m_runs_the_demo() -> None:
     assert "sluicegate demo" in result.stdout
     assert "admitted" in result.stdout
     assert "\x1b[" not in result.stdout
+
+
+def test_inspect_shows_the_state_without_consuming(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ["--redis", redis_url, "--prefix", "inspect-test"]
+    assert main(["check", "user:1", "2/minute", *store]) == 0
+    capsys.readouterr()
+    for _ in range(3):  # looking twice changes nothing
+        assert main(["inspect", "user:1", "2/minute", "--json", *store]) == 0
+        assert json.loads(capsys.readouterr().out)["remaining"] == 0  # what a hit would leave
+    assert main(["check", "user:1", "2/minute", *store]) == 0
+    assert main(["inspect", "user:1", "2/minute", *store]) == 3
+    out = capsys.readouterr().out
+    assert "allowed=false" in out
+    assert "remaining=0" in out

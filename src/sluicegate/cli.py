@@ -2,7 +2,7 @@
 for one decision.
 
 Exit codes (for scripts): 0 ok, 1 a sluicegate error (bad policy, store down), 2 a usage error,
-3 ``check`` was throttled, 130 interrupted.
+3 ``check`` was throttled (``inspect``: would be), 130 interrupted.
 
 Adding a subcommand: write ``_add_<name>(commands, store_options)`` that registers its parser
 with ``run=<function taking the parsed Namespace and returning an exit code>``, and call it from
@@ -35,10 +35,10 @@ EXIT_THROTTLED = 3
 EXIT_INTERRUPTED = 130
 _EXIT_CODES_HELP = """\
 exit codes:
-  0    ok (check: allowed)
+  0    ok (check: allowed; inspect: would be allowed)
   1    error: bad input, store unreachable
   2    usage error
-  3    throttled (check)
+  3    throttled (check; inspect: would be)
   130  interrupted
 """
 
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_options = _store_options()
     _add_demo(commands, store_options)
     _add_check(commands, store_options)
+    _add_inspect(commands, store_options)
     _add_config(commands, store_options)
     _add_serve(commands, store_options)
     return parser
@@ -180,33 +181,69 @@ def _open_limiter(args: argparse.Namespace, *, prefix: str, clock: Callable[[], 
 
 
 def _add_check(commands: SubParsers, store_options: argparse.ArgumentParser) -> None:
-    check = commands.add_parser(
+    _add_decision_command(
+        commands,
+        store_options,
         "check",
-        parents=[store_options],
         help="decide once: may KEY spend COST under POLICY now? (consumes it if so)",
         description="Decide once whether KEY may spend COST under POLICY now, and consume it if so. "
         "Exits 0 when allowed, 3 when throttled, 1 on error.",
+        run=run_check,
     )
-    check.add_argument("key", metavar="KEY", help="the rate-limited key, e.g. user:42")
-    check.add_argument("policy", metavar="POLICY", help="e.g. '100/minute' or '10/second burst 50'")
-    check.add_argument("--cost", type=_positive_int, default=1, metavar="N", help="units to spend (default: 1)")
-    check.add_argument("--prefix", default="sluicegate", help="store key prefix (default: %(default)s)")
-    check.add_argument("--json", action="store_true", help="print one JSON object instead of key=value lines")
-    check.set_defaults(run=run_check)
+
+
+def _add_inspect(commands: SubParsers, store_options: argparse.ArgumentParser) -> None:
+    _add_decision_command(
+        commands,
+        store_options,
+        "inspect",
+        help="show KEY's state under POLICY without consuming anything",
+        description="Show what a hit of COST on KEY under POLICY would get now (remaining, reset_after, "
+        "retry_after), without consuming anything. Exits 0 when it would be allowed, 3 when it would be "
+        "throttled, 1 on error.",
+        run=run_inspect,
+    )
+
+
+def _add_decision_command(
+    commands: SubParsers,
+    store_options: argparse.ArgumentParser,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    command = commands.add_parser(name, parents=[store_options], help=help, description=description)
+    command.add_argument("key", metavar="KEY", help="the rate-limited key, e.g. user:42")
+    command.add_argument("policy", metavar="POLICY", help="e.g. '100/minute' or '10/second burst 50'")
+    command.add_argument("--cost", type=_positive_int, default=1, metavar="N", help="units to spend (default: 1)")
+    command.add_argument("--prefix", default="sluicegate", help="store key prefix (default: %(default)s)")
+    command.add_argument("--json", action="store_true", help="print one JSON object instead of key=value lines")
+    command.set_defaults(run=run)
 
 
 def run_check(args: argparse.Namespace) -> int:
+    return _decide_once(args, consume=True)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    return _decide_once(args, consume=False)
+
+
+def _decide_once(args: argparse.Namespace, *, consume: bool) -> int:
     policy = Policy.parse(args.policy)
     with _open_limiter(args, prefix=args.prefix) as limiter:
-        decision = limiter.hit(args.key, policy, cost=args.cost)
+        decide = limiter.hit if consume else limiter.peek
+        decision = decide(args.key, policy, cost=args.cost)
     if _store_url(args).startswith("memory:"):
         print(_MEMORY_CHECK_NOTE, file=sys.stderr)
     fields = _decision_fields(decision)
     if args.json:
         print(json.dumps(fields))
     else:
-        for name, value in fields.items():
-            print(f"{name}={_plain(value)}")
+        for field_name, value in fields.items():
+            print(f"{field_name}={_plain(value)}")
     return EXIT_OK if decision.allowed else EXIT_THROTTLED
 
 
