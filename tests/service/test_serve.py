@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from sluicegate import ConfigError
 from sluicegate._forwarded import TrustedProxies
@@ -229,8 +230,36 @@ def test_grpc_is_served_when_a_port_is_set(processes: list[Serve]) -> None:
     serve = Serve("--grpc-port", "0")
     processes.append(serve)
     serve.started()
-    serve.wait_for(r"serving gRPC on 127\.0\.0\.1:\d+")
+    serve.wait_for(r"serving gRPC \(plaintext\) on 127\.0\.0\.1:\d+")
     assert serve.stop() == 0
+
+
+def test_grpc_tls_and_mutual_tls_come_from_the_settings(processes: list[Serve], tmp_path: Path) -> None:
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    tls = Serve("--grpc-port", "0", "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key))
+    processes.append(tls)
+    tls.started()
+    tls.wait_for(r"serving gRPC \(TLS\) on 127\.0\.0\.1:\d+")
+    assert tls.stop() == 0
+    mutual = Serve("--grpc-port", "0", env={
+        "SLUICEGATE_GRPC_TLS_CERT": str(cert), "SLUICEGATE_GRPC_TLS_KEY": str(key), "SLUICEGATE_GRPC_TLS_CLIENT_CA": str(ca),
+    })  # fmt: skip
+    processes.append(mutual)
+    mutual.started()
+    mutual.wait_for(r"serving gRPC \(mutual TLS\) on 127\.0\.0\.1:\d+")
+    assert mutual.stop() == 0
+
+
+def test_a_grpc_key_without_its_certificate_is_refused(processes: list[Serve], tmp_path: Path) -> None:
+    serve = Serve("--grpc-port", "0", "--grpc-tls-key", str(tmp_path / "key.pem"))
+    processes.append(serve)
+    assert serve.process.wait(DEADLINE_S) == 1
+    serve.wait_for(r"SLUICEGATE_GRPC_TLS_CERT and SLUICEGATE_GRPC_TLS_KEY go together")
 
 
 # --- settings (in process) ---------------------------------------------------------------------------

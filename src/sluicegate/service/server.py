@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -218,20 +217,22 @@ class Server:
         log.info("serving %s on http://%s:%d", what, shown, address[1])
 
     async def _start_grpc(self) -> None:
-        try:
-            from . import grpc as transport
-        except ImportError as exc:
-            raise ConfigError(
-                f"a gRPC port is set but the gRPC transport cannot be loaded ({exc}); "
-                "install grpcio and protobuf, or unset SLUICEGATE_GRPC_PORT"
-            ) from None
+        from . import grpc as transport  # grpcio only for a service that serves gRPC
+
         assert self.service is not None
-        start: Any = transport.start_grpc_server
-        if "settings" in inspect.signature(start).parameters:
-            self.grpc = await start(self.service, settings=self.settings)
-        else:
-            self.grpc = await start(self.service, host=self.settings.host, port=self.settings.grpc_port or 0)
-        log.info("serving gRPC on %s:%s", self.settings.host, getattr(self.grpc, "port", self.settings.grpc_port))
+        settings = self.settings
+        if (settings.grpc_tls_cert is None) != (settings.grpc_tls_key is None):
+            raise ConfigError("SLUICEGATE_GRPC_TLS_CERT and SLUICEGATE_GRPC_TLS_KEY go together")
+        if settings.grpc_tls_client_ca is not None and settings.grpc_tls_cert is None:
+            raise ConfigError("SLUICEGATE_GRPC_TLS_CLIENT_CA (mutual TLS) needs SLUICEGATE_GRPC_TLS_CERT and _KEY")
+        tls = None
+        if settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None:
+            tls = transport.TlsConfig(settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_client_ca)
+        self.grpc = await transport.start_grpc_server(
+            self.service, host=settings.host, port=settings.grpc_port or 0, tls=tls
+        )
+        scheme = "plaintext" if tls is None else "mutual TLS" if tls.client_ca_file else "TLS"
+        log.info("serving gRPC (%s) on %s:%s", scheme, settings.host, self.grpc.port)
 
     # --- readiness and reload ---------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ SLUICEGATE_PORT                 8080                    HTTP port (0: any free p
 SLUICEGATE_METRICS_PORT         (none)                  also serve /metrics alone here (no token: keep internal)
 SLUICEGATE_METRICS_HOST         127.0.0.1               ... bound here
 SLUICEGATE_GRPC_PORT            (none)                  start the gRPC server (Envoy RLS) on this port
+SLUICEGATE_GRPC_TLS_CERT        (none: plaintext)       gRPC server certificate chain (PEM); needs the key
+SLUICEGATE_GRPC_TLS_KEY         (none)                  ... its private key (PEM)
+SLUICEGATE_GRPC_TLS_CLIENT_CA   (none)                  mutual TLS: clients must present a cert this CA signed
 SLUICEGATE_REDIS_URL            (none: memory://)       store URL: redis://, rediss://, unix://, cluster...
 SLUICEGATE_CONFIG               (none: built-in)        rule config file or directory (envoy YAML format)
 SLUICEGATE_PREFIX               sluicegate              store key prefix
@@ -157,6 +160,9 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "metrics_port": _optional_port,
     "metrics_host": _text,
     "grpc_port": _optional_port,
+    "grpc_tls_cert": _optional_text,
+    "grpc_tls_key": _optional_text,
+    "grpc_tls_client_ca": _optional_text,
     "redis_url": _optional_text,
     "config": _optional_text,
     "prefix": _text,
@@ -192,6 +198,9 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     grpc_port: int | None = None
+    grpc_tls_cert: str | None = None
+    grpc_tls_key: str | None = None
+    grpc_tls_client_ca: str | None = None
     redis_url: str | None = None
     config: str | None = None
     prefix: str = "sluicegate"
