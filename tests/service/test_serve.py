@@ -246,9 +246,8 @@ def test_grpc_tls_and_mutual_tls_come_from_the_settings(processes: list[Serve], 
     tls.started()
     tls.wait_for(r"serving gRPC \(TLS\) on 127\.0\.0\.1:\d+")
     assert tls.stop() == 0
-    mutual = Serve("--grpc-port", "0", env={
-        "SLUICEGATE_GRPC_TLS_CERT": str(cert), "SLUICEGATE_GRPC_TLS_KEY": str(key), "SLUICEGATE_GRPC_TLS_CLIENT_CA": str(ca),
-    })  # fmt: skip
+    env = {"SLUICEGATE_GRPC_TLS_CERT": str(cert), "SLUICEGATE_GRPC_TLS_KEY": str(key)}
+    mutual = Serve("--grpc-port", "0", env={**env, "SLUICEGATE_GRPC_TLS_CLIENT_CA": str(ca)})
     processes.append(mutual)
     mutual.started()
     mutual.wait_for(r"serving gRPC \(mutual TLS\) on 127\.0\.0\.1:\d+")
