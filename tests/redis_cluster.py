@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import pytest
 import redis
 import trustme
 
+from tests import waiting
 from tests.redis_server import RedisServer, free_port
 
 __all__ = [
@@ -59,19 +59,10 @@ def _binary(name: str) -> str:
     return path
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, poll: float = 0.01) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds. A
-    condition that raises a Redis error (a node still starting or already gone) is not met yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
+def wait_until(condition: Callable[[], object], *, timeout: float, what: str, poll: float = 0.01) -> float:
+    """``tests.waiting.wait_until`` for nodes: a condition that raises a Redis error (a node still
+    starting or already gone) is not met yet."""
+    return waiting.wait_until(condition, timeout=timeout, what=what, poll=poll, not_yet=(redis.RedisError,))
 
 
 class TLSFiles:

@@ -12,8 +12,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.fault_proxy import FaultProxy
-from tests.faults._support import dead_url, freeze, wait_until
+from tests.faults._support import dead_url, freeze
 from tests.redis_server import RedisServer, free_port
+from tests.waiting import wait_until
 
 __all__ = ["FAULTS", "raw_client"]
 

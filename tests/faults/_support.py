@@ -48,27 +48,6 @@ def dead_url() -> str:
     return f"redis://127.0.0.1:{free_port()}/0"
 
 
-def wait_until(condition: Callable[[], object], *, timeout: float, what: str, poll: float = 0.001) -> float:
-    """Poll ``condition`` every ``poll`` seconds until it is truthy; returns the seconds it took.
-    Fails after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
-    return time.monotonic() - start
-
-
-async def async_wait_until(condition: Callable[[], object], *, timeout: float, what: str) -> float:
-    """``wait_until`` that keeps the event loop running while it waits."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.001)
-    return time.monotonic() - start
-
-
 def grown_by(count: Callable[[], int], n: int) -> Callable[[], bool]:
     """A condition for ``wait_until``: ``count()`` has grown by ``n`` since this call."""
     target = count() + n
@@ -88,21 +67,13 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def process_state(pid: int) -> str:
-    """The kernel's one-letter state of ``pid`` ("T" once SIGSTOP has taken effect)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0]
-
-
 def freeze(server: RedisServer) -> float:
-    """SIGSTOP ``server`` and wait until the kernel has stopped it; returns the ``perf_counter``
-    time of the signal. The caller must ``cont()`` it in a ``finally`` (this does, if it fails)."""
-    assert server.process is not None
-    pid = server.process.pid
+    """SIGSTOP ``server`` (``stop`` returns once the kernel has stopped it); returns the
+    ``perf_counter`` time of the signal. The caller must ``cont()`` it in a ``finally`` (this
+    does, if it fails)."""
     at = time.perf_counter()
     try:
         server.stop()
-        wait_until(lambda: process_state(pid) == "T", timeout=5.0, what=f"redis-server {pid} to stop")
     except BaseException:
         server.cont()
         raise

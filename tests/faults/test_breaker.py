@@ -41,9 +41,9 @@ from tests.faults._support import (
     percentile,
     report,
     value,
-    wait_until,
 )
 from tests.redis_server import RedisServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 

@@ -19,15 +19,9 @@ from collections.abc import Callable
 import pytest
 
 import sluicegate
-from tests.faults._support import (
-    BOUND,
-    TIMEOUT,
-    admitted_locally,
-    dead_url,
-    report,
-    wait_until,
-)
+from tests.faults._support import BOUND, TIMEOUT, admitted_locally, dead_url, report
 from tests.redis_server import RedisServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 

@@ -17,16 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import sluicegate
-from tests.faults._support import (
-    AsyncScriptedStore,
-    ScriptedStore,
-    async_wait_until,
-    dead_url,
-    report,
-    series_count,
-    value,
-    wait_until,
-)
+from tests.faults._support import AsyncScriptedStore, ScriptedStore, dead_url, report, series_count, value
+from tests.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.faults
 

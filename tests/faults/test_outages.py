@@ -32,7 +32,6 @@ from tests.faults._support import (
     LoadThread,
     Sample,
     adecide_until,
-    async_wait_until,
     atimed,
     decide_until,
     errors_by_kind,
@@ -45,10 +44,10 @@ from tests.faults._support import (
     report,
     timed,
     value,
-    wait_until,
     worst,
 )
 from tests.redis_server import RedisServer
+from tests.waiting import async_wait_until, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis]
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -44,36 +42,6 @@ def raw_value(client: redis.Redis, key: bytes | str) -> tuple[str, Any]:
 
 def all_keys(client: redis.Redis) -> list[bytes]:
     return sorted(client.scan_iter(count=1000))
-
-
-def _timed_out(timeout: float, what: str | Callable[[], str]) -> AssertionError:
-    return AssertionError(f"timed out after {timeout} s waiting for {what if isinstance(what, str) else what()}")
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str | Callable[[], str]) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` (or what it returns, describing the
-    state at the deadline) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise _timed_out(timeout, what)
-        time.sleep(0.002)
-
-
-async def async_wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float, what: str | Callable[[], str]
-) -> None:
-    """``wait_until`` for the event loop: the loop keeps running while it waits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise _timed_out(timeout, what)
-        await asyncio.sleep(0.002)
 
 
 def sockets_with_unread_input(port: int) -> int:

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import pytest
 
 import sluicegate
-from tests.redis._support import async_wait_until, awaiting, sockets_with_unread_input
+from tests.redis._support import awaiting, sockets_with_unread_input
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.redis
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 import sluicegate
-from tests.redis._support import async_wait_until, sockets_with_unread_input, wait_until
+from tests.redis._support import sockets_with_unread_input
+from tests.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.redis
 
