@@ -3,9 +3,10 @@
 With ``fallback="local"`` the limiter never raises: while the dead master's slots refuse (and,
 once the cluster marks it failed, the whole cluster answers ``CLUSTERDOWN``), decisions come
 from the local fallback, marked ``degraded``. Once its replica is promoted and the cluster is
-``ok`` again, the breaker's probe succeeds, redis-py refreshes its slot table, and decisions on
-the dead master's keys are made by the cluster again, within ``RESUME_BOUND_S``
-(R9: resume at most 5 s after ``cluster_state:ok``).
+``ok`` again, the breaker's probe succeeds, redis-py's slot table has been refreshed (the sync
+store asks for that in the background after each failure), and decisions on the dead master's
+keys are made by the cluster again, within ``RESUME_BOUND_S`` (R9: resume at most 5 s after
+``cluster_state:ok``).
 """
 
 from __future__ import annotations

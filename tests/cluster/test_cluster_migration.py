@@ -2,9 +2,9 @@
 
 The migration is the one ``redis-cli --cluster reshard`` performs, step by step, with decisions
 running through each phase: the slot marked importing/migrating (the source still serves its
-keys), the keys moved by one ``MIGRATE`` (the source answers ``ASK``, redis-py follows it to
-the target with ``ASKING``), the slot assigned to the target (``MOVED``, redis-py updates its
-table). ``MOVED`` and ``ASK`` mean the script did not run, so following them costs no error and
+keys), the keys moved by one ``MIGRATE`` (the source answers ``ASK``, the store follows it to
+the target with ``ASKING``), the slot assigned to the target (``MOVED``, redis-py's slot table
+is updated). ``MOVED`` and ``ASK`` mean the script did not run, so following them costs no error and
 counts nothing twice: the exact sliding log holds one entry per admitted decision at the end.
 State first written while the slot migrates (here: a fourth policy) is created on the target
 through ``ASK``, as Redis Cluster specifies for keys the source does not have.

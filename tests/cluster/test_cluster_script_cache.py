@@ -1,7 +1,7 @@
 """``SCRIPT FLUSH`` on every node costs each master one ``NOSCRIPT`` and one ``EVAL``, no error.
 
 Scripts live in each node's own cache (a promoted replica starts without them), so the store
-must recover per node: redis-py routes the ``EVALSHA``, the node answers ``NOSCRIPT`` (the
+must recover per node: the ``EVALSHA`` goes to the slot's master, the node answers ``NOSCRIPT`` (the
 script did not run), and the store sends that node one ``EVAL``.
 """
 

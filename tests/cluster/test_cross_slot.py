@@ -108,10 +108,10 @@ def test_a_failed_slot_refunds_the_others_and_raises(cluster: Cluster, monkeypat
     (a, master_a), (b, _), (failing, _) = keys_on_masters(cluster, policy, "fail")
     real_try = ClusterStore._try
 
-    def flaky_try(self: ClusterStore, script: str, sha: str, args: list[Any]) -> Any:
+    def flaky_try(self: ClusterStore, script: str, sha: str, args: list[Any], deadline: float) -> Any:
         if sha == DECIDE_SHA and any(failing in str(arg) for arg in args):
             return StoreError("redis timeout error: injected", kind="timeout")
-        return real_try(self, script, sha, args)
+        return real_try(self, script, sha, args, deadline)
 
     with sluicegate.Limiter(cluster.url, timeout=2.0, fallback="raise", registry=None) as limiter:
         assert limiter.hit(a, policy).allowed

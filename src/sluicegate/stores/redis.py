@@ -34,6 +34,7 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.retry import Retry
@@ -52,6 +53,7 @@ __all__ = [
     "item_args",
     "marks",
     "parse_hosts_url",
+    "run_script",
     "script_args",
     "store_error",
     "verdicts",
@@ -213,6 +215,46 @@ def store_error(exc: RedisError | RedisClusterException) -> StoreError:
     return StoreError(f"redis {kind} error: {type(exc).__name__}: {message[:200]}", kind=kind, refused=refused)
 
 
+def run_script(pool: Any, deadline: float, script: str, sha: str, args: Sequence[Any], *, asking: bool = False) -> Any:
+    """Run ``script`` once on a connection from ``pool``, all of it by ``deadline`` (a
+    ``time.monotonic()`` time): ``EVALSHA``, then one ``EVAL`` if the node answers ``NOSCRIPT``
+    (the script did not run, so sending it whole cannot count twice). ``asking`` puts Redis
+    Cluster's ``ASKING`` before each, in the same write. redis-py's errors, error replies
+    included, are raised as they are; nothing that may have run is ever sent again.
+
+    Shared by ``RedisStore`` and the sync ``ClusterStore``, which routes each call itself."""
+    connection = pool.get_connection()
+    try:
+        try:
+            return _call(connection, deadline, asking, "EVALSHA", sha, *args)
+        except NoScriptError:
+            return _call(connection, deadline, asking, "EVAL", script, *args)
+    finally:
+        pool.release(connection)
+
+
+def _call(connection: Any, deadline: float, asking: bool, *command: Any) -> Any:
+    if deadline <= time.monotonic():  # connecting took it all: send nothing, so nothing runs
+        raise redis.TimeoutError("no time left to send the command")
+    if asking:
+        connection.send_packed_command(connection.pack_commands([("ASKING",), command]))
+        try:
+            _read(connection, deadline)
+        except ResponseError:
+            connection.disconnect()  # the command's own reply is still to come
+            raise
+    else:
+        connection.send_command(*command)
+    return _read(connection, deadline)
+
+
+def _read(connection: Any, deadline: float) -> Any:
+    # A reply that does not come by the deadline disconnects the connection: its reply, if it
+    # ever comes, must not be read as the answer to a later call. Said explicitly: redis-py's
+    # Sentinel connections default to keeping the connection.
+    return connection.read_response(timeout=max(deadline - time.monotonic(), 0.001), disconnect_on_error=True)
+
+
 class RedisStore:
     """Decides with ``decide.lua`` on a standalone Redis (``redis://``, ``rediss://``, ``unix://``).
 
@@ -242,29 +284,11 @@ class RedisStore:
 
     def decide(self, items: Sequence[Item], now: int | None, *, commit: bool) -> list[Verdict]:
         args = script_args(items, now, commit=commit)
-        deadline = time.monotonic() + self.timeout
         try:
-            connection = self._pool.get_connection()
+            reply = run_script(self._pool, time.monotonic() + self.timeout, DECIDE_SCRIPT, DECIDE_SHA, args)
         except RedisError as exc:
             raise store_error(exc) from exc
-        try:
-            try:
-                reply = self._call(connection, deadline, "EVALSHA", DECIDE_SHA, *args)
-            except NoScriptError:  # the script did not run: safe to send it whole
-                reply = self._call(connection, deadline, "EVAL", DECIDE_SCRIPT, *args)
-        except RedisError as exc:
-            raise store_error(exc) from exc
-        finally:
-            self._pool.release(connection)
         return verdicts(reply)
-
-    @staticmethod
-    def _call(connection: Any, deadline: float, *command: Any) -> Any:
-        connection.send_command(*command)
-        # A reply that does not come by the deadline disconnects the connection: its reply, if
-        # it ever comes, must not be read as the answer to a later call. Said explicitly:
-        # redis-py's Sentinel connections default to keeping the connection.
-        return connection.read_response(timeout=max(deadline - time.monotonic(), 0.001), disconnect_on_error=True)
 
     def reset(self, keys: Sequence[str]) -> None:
         try:
