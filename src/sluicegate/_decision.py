@@ -36,3 +36,17 @@ class Decision:
     degraded: bool = False
     #: For ``hit_all``: each item's own decision, in the order given. Empty otherwise.
     results: tuple[Decision, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        """The decision as JSON-ready fields (``sluicegate check --json`` and ``POST /v1/check``);
+        the policy in its text form, ``results`` left out."""
+        return {
+            "allowed": self.allowed,
+            "key": self.key,
+            "policy": str(self.policy),
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "reset_after": self.reset_after,
+            "retry_after": self.retry_after,
+            "degraded": self.degraded,
+        }

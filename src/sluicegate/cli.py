@@ -238,26 +238,13 @@ def _decide_once(args: argparse.Namespace, *, consume: bool) -> int:
         decision = decide(args.key, policy, cost=args.cost)
     if _store_url(args).startswith("memory:"):
         print(_MEMORY_CHECK_NOTE, file=sys.stderr)
-    fields = _decision_fields(decision)
+    fields = decision.as_dict()
     if args.json:
         print(json.dumps(fields))
     else:
         for field_name, value in fields.items():
             print(f"{field_name}={_plain(value)}")
     return EXIT_OK if decision.allowed else EXIT_THROTTLED
-
-
-def _decision_fields(decision: Decision) -> dict[str, object]:
-    return {
-        "allowed": decision.allowed,
-        "key": decision.key,
-        "policy": str(decision.policy),
-        "limit": decision.limit,
-        "remaining": decision.remaining,
-        "reset_after": decision.reset_after,
-        "retry_after": decision.retry_after,
-        "degraded": decision.degraded,
-    }
 
 
 def _plain(value: object) -> str:

@@ -37,7 +37,6 @@ from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .._decision import Decision
 from .._errors import InputError, StoreError
 from .._policy import Policy
 from ..middleware.headers import Header, rate_limit_headers, throttled_response, unavailable_response
@@ -226,7 +225,7 @@ class HttpApp:
         decision = await self.service.limiter.hit(_ADHOC_NAMESPACE + key, policy, cost=cost)
         decision = dataclasses.replace(decision, key=key)
         if decision.allowed:
-            return _json(200, _decision_fields(decision), rate_limit_headers(decision))
+            return _json(200, decision.as_dict(), rate_limit_headers(decision))
         return throttled_response(decision)
 
     async def forward_auth(self, request: Request) -> Response:
@@ -279,7 +278,7 @@ def _throttled(response: RateLimitResponse) -> Response:
 def _response_fields(response: RateLimitResponse) -> dict[str, object]:
     fields: dict[str, object] = {"allowed": response.overall_code == "OK", "overall_code": response.overall_code}
     if response.decision is not None:
-        fields.update(_decision_fields(response.decision))
+        fields.update(response.decision.as_dict())
         fields["allowed"] = response.overall_code == "OK"
         del fields["key"]
     fields["statuses"] = [
@@ -294,17 +293,3 @@ def _response_fields(response: RateLimitResponse) -> dict[str, object]:
         for status in response.statuses
     ]
     return fields
-
-
-def _decision_fields(decision: Decision) -> dict[str, object]:
-    """The same fields as ``sluicegate check --json``."""
-    return {
-        "allowed": decision.allowed,
-        "key": decision.key,
-        "policy": str(decision.policy),
-        "limit": decision.limit,
-        "remaining": decision.remaining,
-        "reset_after": decision.reset_after,
-        "retry_after": decision.retry_after,
-        "degraded": decision.degraded,
-    }
