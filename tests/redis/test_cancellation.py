@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import pytest
 
 import sluicegate
+from sluicegate.stores.redis import BATCH_SIZE, AsyncRedisStore
 from tests.redis._support import awaiting, sockets_with_unread_input
 from tests.waiting import async_wait_until
 
@@ -122,27 +123,36 @@ async def test_cancelling_through_wait_for_timeouts(own_redis):
     assert timed_out > 0
 
 
-async def test_cancelling_requests_a_frozen_server_holds(own_redis):
+@pytest.mark.parametrize("batch_size", [1, BATCH_SIZE], ids=["unbatched", "batched"])
+async def test_cancelling_requests_a_frozen_server_holds(own_redis, batch_size):
     """SIGSTOP the server, let every request reach it (its bytes wait unread in the server's
     sockets), cancel them all, continue the server: it then runs the requests and answers into
-    closed sockets; nothing of that may reach a later decision."""
-    async with sluicegate.AsyncLimiter(own_redis.url, timeout=2.0) as limiter:
-        await _check_fresh_decisions(limiter, "before", 3000)  # TASKS pooled connections
+    closed sockets; nothing of that may reach a later decision.
+
+    Unbatched, each request is its own call on its own connection. Batched, the first request
+    goes out alone and the others queue behind it (one batched call once it returns): cancelled
+    there, they must never be sent, and the queue must not break later decisions."""
+    store = AsyncRedisStore(own_redis.url, timeout=2.0, batch_size=batch_size)
+    async with sluicegate.AsyncLimiter(store, timeout=2.0) as limiter:
+        await _check_fresh_decisions(limiter, "before", 3000)  # pooled connections
         keys = [f"frozen:{i}" for i in range(TASKS)]
         limits = [1000 + 10 * i for i in range(TASKS)]
+        sent = TASKS if batch_size == 1 else 1
         try:
             own_redis.stop()
             tasks = [asyncio.create_task(limiter.hit(k, _policy(n))) for k, n in zip(keys, limits, strict=True)]
             # In flight: the request waits unread in the frozen server's socket, and its task waits
             # for the reply (past redis-py's send, whose asyncio.wait_for would swallow a
-            # cancellation on Python 3.11: see the module docstring).
+            # cancellation on Python 3.11: see the module docstring). Batched: the rest wait
+            # in the store's queue.
             await async_wait_until(
                 lambda: (
-                    sockets_with_unread_input(own_redis.port) == TASKS
-                    and all("read_response" in awaiting(task) for task in tasks)
+                    sockets_with_unread_input(own_redis.port) == sent
+                    and sum("read_response" in awaiting(task) for task in tasks) == sent
+                    and all("read_response" in awaiting(task) or "decide" in awaiting(task) for task in tasks)
                 ),
                 timeout=1.5,
-                what="every request to wait for its reply from the frozen server",
+                what="every request to wait for its reply from the frozen server (or in the queue)",
             )
             assert not any(task.done() for task in tasks)
             for task in tasks:
@@ -152,6 +162,7 @@ async def test_cancelling_requests_a_frozen_server_holds(own_redis):
             own_redis.cont()
         assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
         ran = await _check_outcomes(limiter, keys, limits, outcomes)
+        assert ran <= sent
         await _check_fresh_decisions(limiter, "after", 5000)
         await _assert_no_leaked_connections(own_redis)
     print(f"\n{TASKS} hits cancelled while the server was frozen; {ran} ran once it continued")

@@ -7,12 +7,24 @@
 - The client never retries on its own: a call that timed out may have run on the server, and
   replaying it would count the request twice.
 - Redis errors become ``StoreError`` here and nowhere else.
+
+``AsyncRedisStore`` batches: a decision asked for while none is in flight is sent at once (no
+timer, no added wait); decisions asked for while calls are in flight queue, and when a call
+returns, everything queued goes out as one script call of up to ``batch_size`` groups
+(``decide.lua``'s batch mode). Groups are decided in queue order, each seeing the writes of the
+ones before it, so each decision is exactly what it would have been alone, one after another.
+Waiting for the call in flight costs a queued decision up to one more round trip, so the store
+batches only while twice a recent round trip fits in ``timeout``; on a slower link (or after a
+timeout) each decision goes out alone, as if unbatched, until round trips are fast again.
+Peeks are batched too (each group carries its own commit flag and time). The Sentinel store
+inherits this; the Cluster store does not batch (its calls go to one node per slot).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +58,12 @@ from ..algorithms import Verdict
 from ._base import Item
 
 __all__ = [
+    "BATCH_SIZE",
     "AsyncRedisStore",
     "HostsURL",
     "RedisStore",
+    "batch_args",
+    "batch_verdicts",
     "client_options",
     "item_args",
     "marks",
@@ -172,6 +187,28 @@ def script_args(items: Sequence[Item], now: int | None, *, commit: bool) -> list
         keys.extend(item.keys)
         argv += item_args(item)
     return [len(keys), *keys, *argv]
+
+
+def batch_args(groups: Sequence[tuple[Sequence[Item], int | None, bool]]) -> list[Any]:
+    """``numkeys, KEYS…, ARGV…`` for ``decide.lua``'s batch mode: (items, now, commit) per group."""
+    keys: list[str] = []
+    argv: list[Any] = [len(groups), "b"]
+    for items, now, commit in groups:
+        argv += ["" if now is None else now, 1 if commit else 0, len(items)]
+        for item in items:
+            keys.extend(item.keys)
+            argv += item_args(item)
+    return [len(keys), *keys, *argv]
+
+
+def batch_verdicts(reply: list[int], sizes: Sequence[int]) -> list[list[Verdict]]:
+    """Split a batch-mode reply into each group's verdicts (``sizes``: each group's item count)."""
+    groups, start = [], 0
+    for size in sizes:
+        end = start + 1 + 5 * size
+        groups.append(verdicts(reply[start:end]))
+        start = end
+    return groups
 
 
 def verdicts(reply: list[int]) -> list[Verdict]:
@@ -300,15 +337,50 @@ class RedisStore:
         self._client.close()
 
 
+#: The most decisions ``AsyncRedisStore`` sends in one batched script call.
+BATCH_SIZE = 64
+
+
+class _Request:
+    """A decision waiting in ``AsyncRedisStore``'s queue for the call in flight to return."""
+
+    __slots__ = ("commit", "future", "items", "now")
+
+    def __init__(self, items: Sequence[Item], now: int | None, commit: bool, future: asyncio.Future[Any]) -> None:
+        self.items, self.now, self.commit, self.future = items, now, commit, future
+
+
+def _copy(exc: StoreError) -> StoreError:
+    """One exception object per waiter: a shared one would collect every waiter's traceback."""
+    copy = StoreError(str(exc), kind=exc.kind, refused=exc.refused)
+    copy.__cause__ = exc.__cause__
+    return copy
+
+
 class AsyncRedisStore:
-    """The asyncio twin of ``RedisStore``; one ``asyncio.timeout`` bounds each call."""
+    """The asyncio twin of ``RedisStore``; one ``asyncio.timeout`` bounds each call.
 
-    __slots__ = ("_client", "_execute", "timeout")
+    Concurrent decisions are coalesced (see the module docstring); ``batch_size=1`` turns that
+    off. Every decision keeps its own deadline, ``timeout`` after it was asked for, whether it
+    went out at once or waited in the queue first; a failed batched call fails each decision in
+    it with the same ``StoreError``. A cancelled decision leaves the batch it is in untouched
+    (the others still get their answers; its own may still have run, as with any sent call).
+    """
 
-    def __init__(self, url: str, *, timeout: float) -> None:
+    __slots__ = ("_batch_size", "_client", "_execute", "_in_flight", "_queue", "_round_trip", "_tasks", "timeout")
+
+    def __init__(self, url: str, *, timeout: float, batch_size: int = BATCH_SIZE) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int; got {describe(batch_size)}")
         self._client: redis.asyncio.Redis = self._open(url, timeout)
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self.timeout = timeout
+        self._batch_size = batch_size
+        self._in_flight = 0  # script calls sent and not yet returned
+        self._queue: deque[_Request] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()  # the batched calls (kept from the GC)
+        # A recent round trip (s): rises at once to a slower call, decays a fifth per faster one.
+        self._round_trip = 0.0
 
     def _open(self, url: str, timeout: float) -> redis.asyncio.Redis:
         """The client for ``url`` (the Sentinel store opens one through its Sentinels instead)."""
@@ -318,10 +390,73 @@ class AsyncRedisStore:
             raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
 
     def __repr__(self) -> str:
-        return f"<AsyncRedisStore {self._client.connection_pool!r}>"
+        return (
+            f"<AsyncRedisStore {self._client.connection_pool!r} in_flight={self._in_flight} queued={len(self._queue)}>"
+        )
 
     async def decide(self, items: Sequence[Item], now: int | None, *, commit: bool) -> list[Verdict]:
-        args = script_args(items, now, commit=commit)
+        # Nothing to batch with, or no time to wait for the call in flight: send it now.
+        if not self._in_flight or self._batch_size == 1 or 2 * self._round_trip > self.timeout:
+            self._in_flight += 1
+            try:
+                reply = await self._call(script_args(items, now, commit=commit))
+            finally:
+                self._in_flight -= 1
+                self._flush()
+            return verdicts(reply)
+        future: asyncio.Future[list[Verdict]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(items, now, commit, future))
+        try:
+            # The whole wait, queue and batched call, within this decision's own deadline.
+            async with asyncio.timeout(self.timeout):
+                return await future  # cancelling this cancels the future: _flush skips it
+        except TimeoutError as exc:
+            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
+
+    def _flush(self) -> None:
+        """Send everything queued (but what its caller gave up on), ``batch_size`` per call."""
+        while self._queue:
+            batch: list[_Request] = []
+            while self._queue and len(batch) < self._batch_size:
+                request = self._queue.popleft()
+                if not request.future.done():
+                    batch.append(request)
+            if batch:
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._send(batch), name="sluicegate-batch")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Request]) -> None:
+        """One script call for ``batch``; each request's future gets its verdicts or the error."""
+        try:
+            if len(batch) == 1:
+                [request] = batch
+                reply = await self._call(script_args(request.items, request.now, commit=request.commit))
+                results = [verdicts(reply)]
+            else:
+                reply = await self._call(batch_args([(r.items, r.now, r.commit) for r in batch]))
+                results = batch_verdicts(reply, [len(r.items) for r in batch])
+        except StoreError as exc:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(_copy(exc))
+        except asyncio.CancelledError:  # aclose
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(StoreError("redis connection error: store closed", kind="connection"))
+            raise
+        else:
+            for request, result in zip(batch, results, strict=True):
+                if not request.future.done():
+                    request.future.set_result(result)
+        finally:
+            self._in_flight -= 1
+            self._flush()
+
+    async def _call(self, args: list[Any]) -> Any:
+        """``decide.lua`` once, by ``timeout``: ``EVALSHA``, then ``EVAL`` on ``NOSCRIPT``."""
+        started = time.monotonic()
         try:
             # Cancelling a redis-py call mid-reply disconnects that connection, so a late
             # reply is never read as the answer to a later call.
@@ -331,10 +466,13 @@ class AsyncRedisStore:
                 except NoScriptError:  # the script did not run: safe to send it whole
                     reply = await self._execute("EVAL", DECIDE_SCRIPT, *args)
         except TimeoutError as exc:
+            self._round_trip = self.timeout
             raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
         except RedisError as exc:
             raise store_error(exc) from exc
-        return verdicts(reply)
+        elapsed = time.monotonic() - started
+        self._round_trip = max(elapsed, 0.8 * self._round_trip + 0.2 * elapsed)
+        return reply
 
     async def reset(self, keys: Sequence[str]) -> None:
         try:
@@ -346,4 +484,12 @@ class AsyncRedisStore:
             raise store_error(exc) from exc
 
     async def aclose(self) -> None:
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(StoreError("redis connection error: store closed", kind="connection"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
