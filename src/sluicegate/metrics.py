@@ -19,6 +19,8 @@ __all__ = ["REGISTRY", "Metrics", "metrics_for"]
 
 #: 50 µs to 1 s: a healthy decision on loopback is ~100-300 µs, a timed-out one ~timeout.
 DURATION_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0)
+#: Labelled counter children kept per (policy, outcome, degraded); a bound, not a tuning knob.
+_MAX_CACHED_CHILDREN = 4096
 #: An allowed decision with this share of the capacity left or less counts as near the limit.
 NEAR_LIMIT_SHARE = 0.2
 
@@ -27,6 +29,7 @@ class Metrics:
     """The instruments registered on one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[Policy, bool, bool], tuple[Counter, Counter]] = {}
         self.decisions = Counter(
             "sluicegate_decisions_total",
             "Rate-limit decisions, by policy, outcome (allowed or throttled) and whether the shared store was used.",
@@ -69,13 +72,29 @@ class Metrics:
         """Count one decision. A ``hit_all`` counts per policy: when it is allowed, every item
         admitted the request; when it is denied, each denying item throttled it (the items that
         had room decided nothing, since nothing was consumed)."""
-        degraded = "true" if decision.degraded else "false"
         for each in decision.results or (decision,):
             if decision.allowed or not each.allowed:
-                label = policy_label(each.policy)
-                self.decisions.labels(label, "allowed" if each.allowed else "throttled", degraded).inc()
+                counters = self._counters(each.policy, each.allowed, decision.degraded)
+                counters[0].inc()
                 if each.allowed and each.remaining <= each.limit * NEAR_LIMIT_SHARE:
-                    self.near_limit.labels(label).inc()
+                    counters[1].inc()
+
+    def _counters(self, policy: Policy, allowed: bool, degraded: bool) -> tuple[Counter, Counter]:
+        """The labelled children for one kind of decision, looked up once: ``labels()`` takes a
+        lock and builds a tuple on every call, which showed in profiles of the hot path."""
+        key = (policy, allowed, degraded)
+        children = self._children.get(key)
+        if children is None:
+            label = policy_label(policy)
+            outcome = "allowed" if allowed else "throttled"
+            children = (
+                self.decisions.labels(label, outcome, "true" if degraded else "false"),
+                self.near_limit.labels(label),
+            )
+            if len(self._children) >= _MAX_CACHED_CHILDREN:  # policies made up on the fly: stay bounded
+                self._children.clear()
+            self._children[key] = children
+        return children
 
 
 def policy_label(policy: Policy) -> str:
