@@ -95,6 +95,7 @@ class _LimiterCore:
         "_blocked",
         "_breaker",
         "_clock",
+        "_duration",
         "_local",
         "_metrics",
         "_on_throttle",
@@ -143,6 +144,8 @@ class _LimiterCore:
         self._on_throttle = on_throttle
         self._metrics: Metrics | None = None if registry is None else metrics_for(registry)
         self._store_label = store_label
+        # Its label never changes: looked up once, not on every decision.
+        self._duration = None if self._metrics is None else self._metrics.duration.labels(store_label)
         self._breaker = Breaker()
         self._transition_lock = threading.Lock()
         self._blocked = BlockedKeys()
@@ -257,6 +260,7 @@ class _LimiterCore:
 
     @staticmethod
     def _decision(key: str, policy: Policy, verdict: Verdict, limit: int | None = None) -> Decision:
+        """``limit`` is given for a degraded decision: the capacity the fallback decided against."""
         return Decision(
             allowed=verdict.allowed,
             key=key,
@@ -265,6 +269,7 @@ class _LimiterCore:
             remaining=verdict.remaining,
             reset_after=verdict.reset_after_us / 1_000_000,
             retry_after=verdict.retry_after_us / 1_000_000,
+            degraded=limit is not None,
         )
 
     def _answer(
@@ -281,7 +286,6 @@ class _LimiterCore:
         ``hit_all`` answers with the denying item's decision (the longest wait when several
         deny), else the one with the least remaining; every item's decision is in ``results``.
         """
-        degraded = limits is not None
         if given is None:  # hit or peek
             decision = self._decision(key, merged[0].policy, verdicts[0], None if limits is None else limits[0])
         else:
@@ -291,14 +295,10 @@ class _LimiterCore:
             )
             denied = [d for d in results if not d.allowed]
             chosen = max(denied, key=lambda d: d.retry_after) if denied else min(results, key=lambda d: d.remaining)
-            if degraded:
-                results = tuple(dataclasses.replace(d, degraded=True) for d in results)
             decision = dataclasses.replace(chosen, results=results)
-        if degraded:
-            decision = dataclasses.replace(decision, degraded=True)
-        if self._metrics is not None:
+        if self._metrics is not None and self._duration is not None:
             self._metrics.count(decision)
-            self._metrics.duration.labels(self._store_label).observe(time.perf_counter() - started)
+            self._duration.observe(time.perf_counter() - started)
         return decision
 
 
