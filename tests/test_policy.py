@@ -84,3 +84,11 @@ def test_state_identity_separates_what_must_be_separate() -> None:
     assert len(ids) == 6
     # burst defaults to limit: the same bucket whether it is spelled out or not
     assert Policy(100, 60).key_id == Policy(100, 60, burst=100).key_id
+
+
+def test_long_whole_millisecond_periods_are_accepted() -> None:
+    # Past ~1.7e10 ms the float round trip ms -> s -> ms drifts by more than an absolute 1e-6.
+    policy = Policy.parse("1/17020705516ms")
+    assert policy.period_ms == 17_020_705_516
+    assert Policy.parse(str(policy)) == policy
+    assert Policy(1, 17_020_705.516).period_ms == 17_020_705_516

@@ -37,16 +37,22 @@ class BlockedKeys:
             return None
         retry_at, reset_at, remaining = entry
         if now >= retry_at:
-            del self._entries[keys]
+            # pop, not del: another thread may have dropped it since the get (no lock on this path)
+            self._entries.pop(keys, None)
             return None
         return Verdict(False, remaining, reset_at - now, retry_at - now)
 
     def remember(self, keys: tuple[str, ...], verdict: Verdict, now: int) -> None:
         """Record the store's denial of a cost-1 request made at ``now``."""
+        # Remove, then insert: a fresh insert goes to the end, and no other thread's delete can
+        # fall between the two steps as it could between an insert and move_to_end.
+        self._entries.pop(keys, None)
         self._entries[keys] = (now + verdict.retry_after_us, now + verdict.reset_after_us, verdict.remaining)
-        self._entries.move_to_end(keys)
-        if len(self._entries) > self._max_keys:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self._max_keys:
+            try:
+                self._entries.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                break
 
     def forget(self, keys: tuple[str, ...]) -> None:
         self._entries.pop(keys, None)

@@ -129,7 +129,9 @@ def _check_period(period: object) -> int:
     period_ms = round(period * 1000)
     if not _MIN_PERIOD_MS <= period_ms <= _MAX_PERIOD_MS or period <= 0:
         raise PolicyError(f"period must be between 1 ms and 366 days; got {describe(period)} s")
-    if abs(period_ms - period * 1000) > 1e-6:
+    # Relative as well as absolute: past ~1.7e10 ms a whole-ms period's float round trip drifts by
+    # more than 1e-6 and was wrongly refused.
+    if not math.isclose(period * 1000, period_ms, rel_tol=1e-15, abs_tol=1e-6):
         raise PolicyError(f"period must be a whole number of milliseconds; got {describe(period)} s")
     return period_ms
 
