@@ -267,6 +267,30 @@ async def test_auth_for_traefik_answers_429_from_the_forwarded_request(tmp_path:
         assert (await client.get("/v1/auth")).status_code == 200  # no descriptor could be built
 
 
+async def test_auth_hashes_long_header_values_rather_than_refusing_the_gateway(tmp_path: Path) -> None:
+    """Three 1 KiB header values together pass the service's total-length bound; the client's
+    request must still get a bucket (200, then throttled), never a 400 the gateway turns into 500."""
+    settings = {"auth_deny_status": "429", "auth_descriptors": "a=header:x-a,b=header:x-b,c=header:x-c"}
+    (tmp_path / "config.yaml").write_text(
+        "domain: edge\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        descriptors:\n"
+        "          - key: c\n            rate_limit: {unit: hour, requests_per_unit: 1}\n"
+    )
+    headers = {name: name * 1024 for name in ("x-a", "x-b", "x-c")}
+    async with running(tmp_path, **settings) as (client, server):
+        assert (await client.get("/v1/auth", headers=headers)).status_code == 200
+        assert (await client.get("/v1/auth", headers=headers)).status_code == 429
+        assert server.http is not None
+        assert server.http.address is not None
+        port = server.http.address[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(f"HEAD /v1/auth HTTP/1.1\r\nhost: t\r\n{head}connection: close\r\n\r\n".encode())
+        answer = (await reader.read()).decode("latin-1").lower()
+        writer.close()
+    assert answer.startswith("http/1.1 429")
+    assert answer.count("content-length:") == 1  # HEAD of a throttled answer: one length, no body
+
+
 # --- operations --------------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from typing import Final
 
 from .._errors import ConfigError, describe
 from .._forwarded import ForwardedHeader, TrustedProxies, address_key, client_address
-from .service import MAX_DESCRIPTORS, MAX_ENTRIES, MAX_KEY_CHARS, MAX_VALUE_CHARS
+from .service import MAX_DESCRIPTOR_CHARS, MAX_DESCRIPTORS, MAX_ENTRIES, MAX_KEY_CHARS, MAX_VALUE_CHARS
 
 __all__ = ["AuthDescriptors"]
 
@@ -84,11 +84,9 @@ class AuthDescriptors:
                 value = self._value(entry, peer, headers)
                 if not value:
                     break
-                if len(value) > MAX_VALUE_CHARS:
-                    value = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-                descriptor.append((entry.key, value))
+                descriptor.append((entry.key, _digest(value) if len(value) > MAX_VALUE_CHARS else value))
             else:
-                built.append(descriptor)
+                built.append(_fitted(descriptor))
         return built
 
     def _value(self, entry: _Entry, peer: str | None, headers: Mapping[str, str]) -> str | None:
@@ -149,3 +147,19 @@ def _entry(key: str, source: str, where: str) -> _Entry:
     if not entry.key or len(entry.key) > MAX_KEY_CHARS:
         raise ConfigError(f"{where}: key {describe(entry.key)} must be 1..{MAX_KEY_CHARS} characters")
     return entry
+
+
+def _digest(value: str) -> str:
+    """A long request value's stand-in: same value, same bucket; bounded length."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_DIGEST_CHARS = len(_digest(""))
+
+
+def _fitted(descriptor: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``descriptor`` within the service's total-length bound: values a client sent at full
+    length can add up past it, which must cost the client a bucket, not the gateway a 400."""
+    if sum(len(key) + len(value) for key, value in descriptor) <= MAX_DESCRIPTOR_CHARS:
+        return descriptor
+    return [(key, _digest(value) if len(value) > _DIGEST_CHARS else value) for key, value in descriptor]

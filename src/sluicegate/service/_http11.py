@@ -310,7 +310,8 @@ class _Connection(asyncio.Protocol):
                     return  # the client left; the decision stands, the answer is dropped
                 close = not request.keep_alive or self._server.draining or (self._eof and not self._queue)
                 if request.method == "HEAD":
-                    headers = [*headers, ("content-length", str(len(body)))]
+                    if not any(name.lower() == "content-length" for name, _ in headers):
+                        headers = [*headers, ("content-length", str(len(body)))]
                     body = b""
                 self._transport.write(render(status, headers, body, close=close))
                 if close:

@@ -64,6 +64,7 @@ _TITLES: Final = {
     405: "Method Not Allowed",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -155,7 +156,8 @@ class HttpApp:
     def _authorized(self, request: Request) -> bool:
         assert self._token is not None
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        given = credentials.strip().encode("utf-8", "surrogateescape")
+        # Header values arrive decoded as latin-1: encoding back gives the bytes the client sent.
+        given = credentials.strip().encode("latin-1")
         return scheme.lower() == "bearer" and hmac.compare_digest(given, self._token)
 
     # --- the decision endpoints -------------------------------------------------------------------
