@@ -217,8 +217,7 @@ class _LimiterCore:
     def _failed(self, exc: StoreError) -> bool:
         """The store failed: count it, feed the breaker, and return True if the breaker opened
         (the caller then starts probing, and re-raises for ``fallback="raise"``)."""
-        if self._metrics is not None:
-            self._metrics.store_errors.labels(self._store_label, exc.kind).inc()
+        self._count_store_error(exc)
         if exc.kind == "pool":  # this process ran out of connections; the store is not to blame
             return False
         with self._transition_lock:
@@ -227,6 +226,19 @@ class _LimiterCore:
             log.warning("sluicegate: circuit breaker open after %s; deciding with fallback=%s", exc, self.fallback)
             self._transition("open")
         return opened
+
+    def _count_store_error(self, exc: StoreError) -> None:
+        if self._metrics is not None:
+            self._metrics.store_errors.labels(self._store_label, exc.kind).inc()
+
+    def _forget(self, key: str, policy: PolicyLike) -> tuple[str, ...]:
+        """Drop ``key``'s usage under ``policy`` here (blocked keys, the local fallback); returns
+        the store keys for the caller to reset in the store."""
+        resolved = _policy(policy)
+        keys = state_keys(self.prefix, resolved, key)
+        self._blocked.forget(keys)
+        self._local.reset(state_keys(self.prefix, _scaled(resolved, self.fallback_share), key))
+        return keys
 
     def _transition(self, state: str) -> None:
         if self._metrics is not None:
@@ -364,10 +376,7 @@ class Limiter(_LimiterCore):
 
     def reset(self, key: str, policy: PolicyLike) -> None:
         """Forget ``key``'s usage under ``policy`` (in the store, the local fallback and the cache)."""
-        keys = state_keys(self.prefix, _policy(policy), key)
-        self._blocked.forget(keys)
-        self._local.reset(state_keys(self.prefix, _scaled(_policy(policy), self.fallback_share), key))
-        self._store.reset(keys)
+        self._store.reset(self._forget(key, policy))
 
     def close(self) -> None:
         self._probe_stop.set()
@@ -434,8 +443,7 @@ class Limiter(_LimiterCore):
             try:
                 self._store.decide([self._probe_item], None, commit=True)
             except StoreError as exc:
-                if self._metrics is not None:
-                    self._metrics.store_errors.labels(self._store_label, exc.kind).inc()
+                self._count_store_error(exc)
                 self._breaker.next_probe_delay()
             else:
                 self._answered((), ())
@@ -497,10 +505,7 @@ class AsyncLimiter(_LimiterCore):
 
     async def reset(self, key: str, policy: PolicyLike) -> None:
         """Forget ``key``'s usage under ``policy`` (in the store, the local fallback and the cache)."""
-        keys = state_keys(self.prefix, _policy(policy), key)
-        self._blocked.forget(keys)
-        self._local.reset(state_keys(self.prefix, _scaled(_policy(policy), self.fallback_share), key))
-        await self._store.reset(keys)
+        await self._store.reset(self._forget(key, policy))
 
     async def aclose(self) -> None:
         if self._probe_task is not None:
@@ -557,8 +562,7 @@ class AsyncLimiter(_LimiterCore):
             try:
                 await self._store.decide([self._probe_item], None, commit=True)
             except StoreError as exc:
-                if self._metrics is not None:
-                    self._metrics.store_errors.labels(self._store_label, exc.kind).inc()
+                self._count_store_error(exc)
                 self._breaker.next_probe_delay()
             else:
                 self._answered((), ())

@@ -95,6 +95,7 @@ from .redis import (
     client_options,
     item_args,
     marks,
+    no_reply_error,
     parse_hosts_url,
     run_script,
     script_args,
@@ -560,7 +561,6 @@ class AsyncClusterStore:
     def __init__(self, url: str, *, timeout: float) -> None:
         self._hosts, node_options = _cluster_url(url)
         options = client_options(timeout, asynchronous=True)
-        options.pop("retry_on_timeout")  # not an asyncio RedisCluster option; retry=0 covers it
         # redis.asyncio's RedisCluster connects on its first command, never here.
         self._client = redis.asyncio.cluster.RedisCluster(
             startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in self._hosts],
@@ -596,7 +596,7 @@ class AsyncClusterStore:
                 except NoScriptError:  # this node lost its script cache; the script did not run
                     reply = await self._client.execute_command("EVAL", script, *args)
         except TimeoutError:
-            return StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout")
+            return no_reply_error(self.timeout)
         except (RedisError, RedisClusterException) as exc:
             return _error(exc)
         return reply
@@ -606,7 +606,7 @@ class AsyncClusterStore:
             async with asyncio.timeout(self.timeout):
                 await self._client.execute_command("DEL", *keys)
         except TimeoutError as exc:
-            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
+            raise no_reply_error(self.timeout) from exc
         except (RedisError, RedisClusterException) as exc:
             raise _error(exc) from exc
 

@@ -67,6 +67,7 @@ __all__ = [
     "client_options",
     "item_args",
     "marks",
+    "no_reply_error",
     "parse_hosts_url",
     "run_script",
     "script_args",
@@ -82,7 +83,6 @@ def client_options(timeout: float, *, asynchronous: bool = False) -> dict[str, A
         "socket_connect_timeout": timeout,
         # No hidden retries: a retried decision may count twice (the first try may have run).
         "retry": redis.asyncio.retry.Retry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
         "health_check_interval": 0,
         # No CLIENT SETINFO on connect: a new connection costs no extra round trip.
         "driver_info": None,
@@ -219,6 +219,11 @@ def verdicts(reply: list[int]) -> list[Verdict]:
 def marks(reply: list[int]) -> list[int]:
     """Each item's mark from the script's reply: what ``refund.lua`` needs to undo its write."""
     return reply[5::5]
+
+
+def no_reply_error(timeout: float) -> StoreError:
+    """What an ``asyncio.timeout`` around a store call becomes."""
+    return StoreError(f"redis timeout error: no reply within {timeout} s", kind="timeout")
 
 
 def store_error(exc: RedisError | RedisClusterException) -> StoreError:
@@ -411,7 +416,7 @@ class AsyncRedisStore:
             async with asyncio.timeout(self.timeout):
                 return await future  # cancelling this cancels the future: _flush skips it
         except TimeoutError as exc:
-            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
+            raise no_reply_error(self.timeout) from exc
 
     def _flush(self) -> None:
         """Send everything queued (but what its caller gave up on), ``batch_size`` per call."""
@@ -467,7 +472,7 @@ class AsyncRedisStore:
                     reply = await self._execute("EVAL", DECIDE_SCRIPT, *args)
         except TimeoutError as exc:
             self._round_trip = self.timeout
-            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
+            raise no_reply_error(self.timeout) from exc
         except RedisError as exc:
             raise store_error(exc) from exc
         elapsed = time.monotonic() - started
@@ -479,7 +484,7 @@ class AsyncRedisStore:
             async with asyncio.timeout(self.timeout):
                 await self._client.delete(*keys)
         except TimeoutError as exc:
-            raise StoreError(f"redis timeout error: no reply within {self.timeout} s", kind="timeout") from exc
+            raise no_reply_error(self.timeout) from exc
         except RedisError as exc:
             raise store_error(exc) from exc
 

@@ -59,9 +59,7 @@ class _Target:
         self.service = parsed.path
         options = client_options(timeout, asynchronous=asynchronous)
         self.master: dict[str, Any] = options | parsed.node_options | {"db": parsed.extra.get("db", 0)}
-        # redis.Redis() warns that retry_on_timeout is deprecated; retry (0 retries) covers it.
         self.sentinel: dict[str, Any] = options | parsed.tls_options
-        del self.sentinel["retry_on_timeout"]
         for name in ("username", "password"):
             if f"sentinel_{name}" in parsed.extra:
                 self.sentinel[name] = parsed.extra[f"sentinel_{name}"]
