@@ -41,6 +41,7 @@ __all__ = [
     "Header",
     "policy_identifier",
     "rate_limit_headers",
+    "retry_after_seconds",
     "throttled_response",
     "unavailable_response",
 ]
@@ -162,8 +163,13 @@ def _ceil_seconds(seconds: float) -> int:
     return max(-(-round(seconds * 1_000_000) // 1_000_000), 0)
 
 
+def retry_after_seconds(seconds: float) -> int:
+    """A ``Retry-After`` value: whole seconds, rounded up (float noise aside), at least 1."""
+    return max(_ceil_seconds(seconds), 1)
+
+
 def _retry_after(decision: Decision) -> int:
-    return max(_ceil_seconds(decision.retry_after), 1)
+    return retry_after_seconds(decision.retry_after)
 
 
 def _window(decision: Decision) -> int:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 import weakref
@@ -50,8 +49,7 @@ from .._decision import Decision
 from .._errors import StoreError, describe
 from .._policy import MAX_LIMIT
 from ..limiter import AsyncLimiter, Fallback
-from ..metrics import policy_label
-from ..middleware.headers import Header, rate_limit_headers
+from ..middleware.headers import Header, rate_limit_headers, retry_after_seconds
 from ..stores import AsyncStore
 from .config import Check, Descriptor, DescriptorError, DescriptorLike, RateLimitConfig
 
@@ -241,7 +239,7 @@ class RateLimitService:
             for check in enforced:  # not decided: nothing was asked of the store
                 statuses[check.descriptor] = DescriptorStatus("OK", _limit(check), 0, 0.0)
             wait = max(statuses[check.descriptor].duration_until_reset for check in blocked)
-            return True, None, [("Retry-After", str(max(math.ceil(wait), 1)))]
+            return True, None, [("Retry-After", str(retry_after_seconds(wait)))]
         if not enforced:
             return False, None, []
         decision = await self._limiter_for(enforced).hit_all([check.item for check in enforced])
@@ -289,8 +287,8 @@ class RateLimitService:
 
     def _count_shadow(self, check: Check, outcome: str) -> None:
         if self._shadow_counter is not None:
-            label = check.rule.metric_name if check.policy is None else policy_label(check.policy)
-            self._shadow_counter.labels(label, outcome).inc()
+            # Config rules' policies are named after their metric names: one label either way.
+            self._shadow_counter.labels(check.rule.metric_name, outcome).inc()
 
 
 def _limit(check: Check) -> tuple[int, str, str | None] | None:
