@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, get_args
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -39,7 +39,7 @@ from .algorithms import Verdict
 from .metrics import Metrics, metrics_for
 from .stores import AsyncStore, Item, MemoryStore, Store, open_async_store, open_store, store_kind
 
-__all__ = ["AsyncLimiter", "Clock", "Fallback", "Limiter", "PolicyLike"]
+__all__ = ["FALLBACKS", "AsyncLimiter", "Clock", "Fallback", "Limiter", "PolicyLike"]
 
 log = logging.getLogger("sluicegate")
 
@@ -51,7 +51,8 @@ Fallback = Literal["local", "allow", "deny", "raise"]
 ItemLike = tuple[str, PolicyLike] | tuple[str, PolicyLike, int]
 _S = TypeVar("_S", Store, AsyncStore)
 
-_FALLBACKS = ("local", "allow", "deny", "raise")
+#: Every fallback mode, in one place (the service's config and settings check against it too).
+FALLBACKS: tuple[Fallback, ...] = get_args(Fallback)
 #: The probe is a real decision (a script run that writes), so a store that answers PING but
 #: cannot run scripts or write (READONLY, OOM) is not mistaken for healthy. Its key expires at once.
 _PROBE_POLICY = Policy(1_000_000_000, 1.0, name="sluicegate-probe")
@@ -132,8 +133,8 @@ class _LimiterCore:
             self._clock = clock
         else:
             raise ConfigError(f"clock must be 'server', 'client' or a callable; got {describe(clock)}")
-        if fallback not in _FALLBACKS:
-            raise ConfigError(f"fallback must be one of {', '.join(_FALLBACKS)}; got {describe(fallback)}")
+        if fallback not in FALLBACKS:
+            raise ConfigError(f"fallback must be one of {', '.join(FALLBACKS)}; got {describe(fallback)}")
         self.fallback = fallback
         share_ok = isinstance(fallback_share, int | float) and not isinstance(fallback_share, bool)
         if not share_ok or not 0 < fallback_share <= 1:

@@ -91,7 +91,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .._errors import ConfigError, InputError, describe
 from .._policy import ALGORITHMS, MAX_LIMIT, Policy
-from ..limiter import Fallback
+from ..limiter import FALLBACKS, Fallback
 
 __all__ = [
     "DEFAULT_ALGORITHM",
@@ -123,7 +123,6 @@ UNITS: Final = {
     "year": 31_536_000,
 }
 DEFAULT_ALGORITHM: Final = "fixed-window"
-FALLBACKS: Final = ("local", "allow", "deny", "raise")
 MAX_FILE_BYTES: Final = 1 << 20
 MAX_FILES: Final = 1_000
 MAX_YAML_DEPTH: Final = 64

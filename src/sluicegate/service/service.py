@@ -48,7 +48,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from .._decision import Decision
 from .._errors import StoreError, describe
 from .._policy import MAX_LIMIT
-from ..limiter import AsyncLimiter, Fallback
+from ..limiter import FALLBACKS, AsyncLimiter, Fallback
 from ..middleware.headers import Header, rate_limit_headers, retry_after_seconds
 from ..stores import AsyncStore
 from .config import Check, Descriptor, DescriptorError, DescriptorLike, RateLimitConfig
@@ -79,7 +79,6 @@ MAX_VALUE_CHARS: Final = 1024
 MAX_DESCRIPTOR_CHARS: Final = 3072
 
 _STRICTNESS: Final[dict[Fallback, int]] = {"allow": 0, "local": 1, "deny": 2, "raise": 3}
-_FALLBACKS: Final[tuple[Fallback, ...]] = ("local", "allow", "deny", "raise")
 
 log = logging.getLogger("sluicegate.service")
 
@@ -131,7 +130,7 @@ def fallback_limiters(
         mode: AsyncLimiter(
             store, fallback=mode, prefix=prefix, timeout=timeout, fallback_share=fallback_share, registry=registry
         )
-        for mode in _FALLBACKS
+        for mode in FALLBACKS
     }
     return limiters[default], limiters
 

@@ -51,7 +51,7 @@ from typing import Any, Final, Literal
 
 from .._errors import ConfigError, describe
 from .._forwarded import ForwardedHeader, TrustedProxies
-from ..limiter import Fallback
+from ..limiter import FALLBACKS, Fallback
 
 __all__ = ["ENV_PREFIX", "Settings"]
 
@@ -167,7 +167,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "config": _optional_text,
     "prefix": _text,
     "timeout": _positive_seconds(60),
-    "fallback": _choice("local", "allow", "deny", "raise"),
+    "fallback": _choice(*FALLBACKS),
     "fallback_share": _share,
     "shadow_mode": _bool,
     "auth_token": _optional_text,
