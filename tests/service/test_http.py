@@ -216,6 +216,7 @@ async def test_check_against_the_config(client: httpx.AsyncClient) -> None:
         ({"key": "k", "policy": "1/s", "colour": 1}, 400, "colour: unknown field"),
         ({"domain": "api"}, 400, "descriptor: send one of descriptor and descriptors"),
         ({"domain": "api", "descriptor": {"user": 1}}, 400, "descriptor[0]: the value of 'user' must be a string"),
+        ({"domain": "api", "descriptor": [[5, "x"]]}, 400, "descriptor[0]: a key must be a string; got a number"),
     ],
 )
 async def test_check_bad_input(client: httpx.AsyncClient, body: dict[str, object], status: int, detail: str) -> None:

@@ -151,15 +151,16 @@ def envoy_request(body: object) -> tuple[str, list[Descriptor], int]:
             raise BadJson(f"{where}.entries: expected a list; got {_kind(entries_raw)}")
         if len(entries_raw) > MAX_ENTRIES:
             raise BadJson(f"{where}.entries: {len(entries_raw)} entries; at most {MAX_ENTRIES}")
-        entries = []
+        entries: list[tuple[str, str]] = []
         for position, entry in enumerate(entries_raw):
             at = f"{where}.entries[{position}]"
             pair = _fields(entry, at, _ENTRY)
             key, value = pair.get("key", ""), pair.get("value", "")
-            for name, text in (("key", key), ("value", value)):
-                if not isinstance(text, str):
-                    raise BadJson(f"{at}.{name}: expected a string; got {_kind(text)}")
-            entries.append((str(key), str(value)))
+            if not isinstance(key, str):
+                raise BadJson(f"{at}.key: expected a string; got {_kind(key)}")
+            if not isinstance(value, str):
+                raise BadJson(f"{at}.value: expected a string; got {_kind(value)}")
+            entries.append((key, value))
         limit = None
         if parts.get("limit") is not None:
             limit = _limit(parts["limit"], f"{where}.limit")
@@ -254,7 +255,11 @@ def entries_of(value: object, where: str) -> Sequence[tuple[str, str]]:
             pairs.append((pair[0], pair[1]))
     else:
         raise BadJson(f"{where}: expected an object of key: value or a list of [key, value]; got {_kind(value)}")
+    checked = []
     for index, (key, item) in enumerate(pairs):
+        if not isinstance(key, str):  # a list's [5, "x"]; an object's keys are always strings
+            raise BadJson(f"{where}[{index}]: a key must be a string; got {_kind(key)}")
         if not isinstance(item, str):
             raise BadJson(f"{where}[{index}]: the value of {describe(key)} must be a string; got {_kind(item)}")
-    return [(str(key), str(item)) for key, item in pairs]
+        checked.append((key, item))
+    return checked
