@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.retry
@@ -50,6 +51,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
 
 from .._errors import ConfigError, StoreError, describe, redact_url
 from .._lua import DECIDE_SCRIPT, DECIDE_SHA
@@ -342,6 +344,23 @@ class RedisStore:
         self._client.close()
 
 
+class _HiredisPacking:
+    """Packs commands with hiredis, as redis-py's sync connections do. Its asyncio connections
+    pack in pure Python, argument by argument: a quarter of the client's CPU in profiles of
+    batched decisions (hundreds of arguments per call). The bytes on the wire are the same."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return [hiredis.pack_command(args)]
+
+
+def _pack_with_hiredis(pool: Any) -> None:
+    """Make ``pool`` (asyncio) open connections that pack with hiredis, whatever their kind
+    (TCP, TLS, Unix socket, Sentinel-managed)."""
+    base = pool.connection_class
+    if HIREDIS_AVAILABLE and not issubclass(base, _HiredisPacking):
+        pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+
+
 #: The most decisions ``AsyncRedisStore`` sends in one batched script call.
 BATCH_SIZE = 64
 
@@ -378,6 +397,7 @@ class AsyncRedisStore:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int; got {describe(batch_size)}")
         self._client: redis.asyncio.Redis = self._open(url, timeout)
+        _pack_with_hiredis(self._client.connection_pool)
         self._execute: Callable[..., Awaitable[Any]] = self._client.execute_command
         self.timeout = timeout
         self._batch_size = batch_size
