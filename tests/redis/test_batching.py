@@ -20,7 +20,7 @@ import pytest
 import sluicegate
 from sluicegate._keys import state_keys
 from sluicegate.stores import Item
-from sluicegate.stores.redis import AsyncRedisStore
+from sluicegate.stores.redis import MAX_IN_FLIGHT, AsyncRedisStore
 from tests.redis._support import awaiting, command_stat, sockets_with_unread_input
 from tests.waiting import async_wait_until
 
@@ -197,11 +197,13 @@ async def test_a_lost_script_cache_costs_one_eval_for_a_batch(own_redis):
         stats = raw.info("commandstats")
     await store.aclose()
     assert [r[0].allowed for r in results] == [True] * 10 + [False] * (TASKS - 10)
-    # The lone call meets NOSCRIPT (it did not run) and is sent whole; that caches the script
-    # again before the queued 63 go out as one EVALSHA.
-    assert spy.calls == [("single", 1), ("single", 1), ("batch", TASKS - 1)]
-    assert command_stat(stats, "evalsha") == 2
-    assert command_stat(stats, "eval") == 1
+    # The lone call meets NOSCRIPT (it did not run) and is sent whole. The 63 that came with it
+    # go out as one batch at the end of that loop iteration: before the EVAL cached the script
+    # again (then that call too is sent whole once) or after it. Never more than one EVAL per
+    # call in flight.
+    evals = command_stat(stats, "eval")
+    assert 1 <= evals <= MAX_IN_FLIGHT
+    assert sorted(spy.calls) == sorted([("single", 1)] * 2 + [("batch", TASKS - 1)] * evals)
 
 
 async def test_cancelled_queued_decisions_leave_their_batch_intact(own_redis):
@@ -268,3 +270,29 @@ async def test_no_batching_while_waiting_could_cost_a_decision_its_deadline(own_
     await asyncio.gather(*(store.decide([_item(f"fast{i}", "10/hour")], None, commit=True) for i in range(8)))
     assert spy.calls == [("single", 1), ("batch", 7)]
     await store.aclose()
+
+
+async def test_queued_decisions_go_out_each_loop_iteration_up_to_the_cap_of_calls_in_flight(own_redis):
+    """The lone call and what came with it are two calls in flight (the cap): what is asked for
+    next waits in the queue until one of them returns, then goes as one batch."""
+    store = AsyncRedisStore(own_redis.url, timeout=2.0)
+    spy = Spy(store)
+    await store.decide([_item("warm-up", "10/hour")], None, commit=True)
+    spy.calls.clear()
+    own_redis.stop()
+    try:
+        first = [asyncio.create_task(store.decide([_item(f"a{i}", "10/hour")], None, commit=True)) for i in range(8)]
+        await async_wait_until(
+            lambda: sockets_with_unread_input(own_redis.port) == MAX_IN_FLIGHT, timeout=1.0, what="two calls sent"
+        )
+        later = [asyncio.create_task(store.decide([_item(f"b{i}", "10/hour")], None, commit=True)) for i in range(5)]
+        for _ in range(20):  # many loop iterations: the queue stays put while the cap is reached
+            await asyncio.sleep(0)
+        assert spy.calls == [("single", 1), ("batch", 7)]
+        assert sockets_with_unread_input(own_redis.port) == MAX_IN_FLIGHT
+    finally:
+        own_redis.cont()
+    results = await asyncio.gather(*first, *later)
+    await store.aclose()
+    assert spy.calls == [("single", 1), ("batch", 7), ("batch", 5)]
+    assert [r[0].remaining for r in results] == [9] * 13
