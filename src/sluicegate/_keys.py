@@ -60,7 +60,9 @@ def state_keys(prefix: str, policy: Policy, key: object) -> tuple[str, ...]:
     return _state_keys(prefix, policy, key)
 
 
-@lru_cache(maxsize=65_536)
+# Small on purpose: it saves hot keys 0.2 µs each, and every entry is objects the garbage
+# collector walks in each full collection (65,536 entries cost a serving process 35 ms pauses).
+@lru_cache(maxsize=1024)
 def _state_keys(prefix: str, policy: Policy, key: str) -> tuple[str, ...]:
     base = f"{prefix}:{policy.key_id}:{{{encode_key(key)}}}"
     if policy.algorithm == "sliding-log":
