@@ -1,8 +1,9 @@
 """Side-by-side benchmark: sluicegate against limits, pyrate-limiter, throttled-py and a raw
-EVALSHA floor, all on one redis-server this run starts on loopback. Writes
-bench/results/latest.json, docs/benchmarks.md and the charts under docs/benchmarks/.
+EVALSHA floor, and `sluicegate serve` under wrk and h2load, all on one redis-server this run
+starts on loopback. Writes bench/results/latest.json, docs/benchmarks.md and the charts under
+docs/benchmarks/. scripts/bench installs what it needs (wrk, h2load) and runs it.
 
-    .venv/bin/python -m bench [--quick] [--only hot,distinct,async,abusive,contention,memory]
+    .venv/bin/python -m bench [--quick] [--only hot,distinct,async,abusive,contention,memory,service]
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers import PEERS, AsyncHit, Closer, Peer, SyncHit, versions
+from bench.service import missing_tools, w_service
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.redis_server, when run from elsewhere
 from tests.redis_server import RedisServer  # noqa: E402
 
-WORKLOADS = ("hot", "distinct", "async", "abusive", "contention", "memory")
+WORKLOADS = ("hot", "distinct", "async", "abusive", "contention", "memory", "service")
 #: Throughput policy: a limit no run reaches, so every decision is a real round trip.
 OPEN = (1_000_000_000, 3600.0)
 #: Contention and abuse policy: a day, so nothing refills during a run; the exact answer is LIMIT.
@@ -289,6 +291,8 @@ def main() -> None:
     unknown = set(only) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
+    if "service" in only and missing_tools():
+        parser.error(f"the service workload needs {', '.join(missing_tools())} (Debian); scripts/bench installs them")
     seconds = args.seconds or (0.2 if args.quick else 1.5)
     reps = args.reps or (2 if args.quick else 3)
     attempts = 100 if args.quick else ATTEMPTS_PER_PROCESS
@@ -327,6 +331,10 @@ def main() -> None:
             if "memory" in only:
                 print(" Redis memory per busy key", flush=True)
                 results["memory"] = w_memory(server)
+            if "service" in only:
+                print(" sluicegate serve under wrk and h2load", flush=True)
+                flush(server)
+                results["service"] = w_service(server.url, max(seconds, 1.0) * 2, reps)
         finally:
             server.kill()
     args.output.parent.mkdir(parents=True, exist_ok=True)
