@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 
 from .._decision import Decision
 from .._errors import InputError
@@ -71,11 +72,9 @@ def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[Head
     ``Retry-After`` when it denies, and with ``legacy`` the ``X-RateLimit-Limit/Remaining/Reset``
     trio many clients still read (``Reset`` in seconds from now, like draft 03)."""
     items = decision.results or (decision,)
-    pairs = list(zip((_sf_string(name) for name in _unique_identifiers(items)), items, strict=True))
-    headers = [
-        ("RateLimit-Policy", ", ".join(name + _policy_params(d.policy) for name, d in pairs)),
-        ("RateLimit", ", ".join(f"{name};r={d.remaining};t={_window(d)}" for name, d in pairs)),
-    ]
+    names, policy_field = _policy_field(tuple(item.policy for item in items))
+    usage = ", ".join(f"{name};r={d.remaining};t={_window(d)}" for name, d in zip(names, items, strict=True))
+    headers = [("RateLimit-Policy", policy_field), ("RateLimit", usage)]
     if not decision.allowed:
         headers.append(("Retry-After", str(_retry_after(decision))))
     if legacy:
@@ -97,7 +96,8 @@ def throttled_response(
     if decision.allowed:
         raise InputError("throttled_response needs a denied decision; this one is allowed")
     items = decision.results or (decision,)
-    violated = [name for name, d in zip(_unique_identifiers(items), items, strict=True) if not d.allowed]
+    names = _unique_identifiers([d.policy for d in items])
+    violated = [name for name, d in zip(names, items, strict=True) if not d.allowed]
     seconds = _retry_after(decision)
     problem: dict[str, object] = {
         "type": PROBLEM_TYPE,
@@ -132,13 +132,22 @@ def _problem(problem: dict[str, object], headers: list[Header]) -> tuple[list[He
     return [("Content-Type", _PROBLEM_JSON), ("Content-Length", str(len(body))), *headers], body
 
 
-def _unique_identifiers(items: Sequence[Decision]) -> list[str]:
-    """Identifiers for ``items``; a repeated one (the same policy under two rules) gets ``#2``,
+@lru_cache(maxsize=1024)
+def _policy_field(policies: tuple[Policy, ...]) -> tuple[tuple[str, ...], str]:
+    """The sf-string identifiers of ``policies`` and the ``RateLimit-Policy`` value listing them.
+    Both depend on the policies alone, which come from a bounded config: cached, not rebuilt for
+    every request."""
+    names = tuple(_sf_string(name) for name in _unique_identifiers(policies))
+    return names, ", ".join(name + _policy_params(policy) for name, policy in zip(names, policies, strict=True))
+
+
+def _unique_identifiers(policies: Sequence[Policy]) -> list[str]:
+    """Identifiers for ``policies``; a repeated one (the same policy under two rules) gets ``#2``,
     ``#3``… so each ``RateLimit`` item still points at exactly one ``RateLimit-Policy`` item."""
     seen: dict[str, int] = {}
     names = []
-    for item in items:
-        name = policy_identifier(item.policy)
+    for policy in policies:
+        name = policy_identifier(policy)
         seen[name] = count = seen.get(name, 0) + 1
         names.append(name if count == 1 else f"{name}#{count}")
     return names

@@ -83,7 +83,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Final, cast
+from typing import Any, Final, TypeGuard, cast
 
 import yaml
 from yaml.events import Event
@@ -440,12 +440,19 @@ def _key(domain: str, entries: Sequence[tuple[str, str]], shared: dict[int, str]
     return "|".join(parts)
 
 
+def is_sequence(value: object) -> TypeGuard[Sequence[Any]]:
+    """A list, a tuple or any other ``Sequence`` but a string: what a request's descriptors and
+    entries must be. Lists and tuples, what every transport passes, are recognized first: the
+    ``Sequence`` ABC check is several times slower."""
+    return isinstance(value, (list, tuple)) or (not isinstance(value, (str, bytes)) and isinstance(value, Sequence))
+
+
 def _entries(raw: object, index: int) -> Entries:
-    if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+    if not is_sequence(raw):
         raise DescriptorError(f"descriptors[{index}]: expected a list of (key, value) entries; got {describe(raw)}")
     entries = []
     for position, entry in enumerate(raw):
-        ok = isinstance(entry, tuple | list) and len(entry) == 2
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 2
         if not ok or not isinstance(entry[0], str) or not isinstance(entry[1], str) or not entry[0]:
             raise DescriptorError(
                 f"descriptors[{index}].entries[{position}]: expected (key, value) strings, the key not empty; "

@@ -41,7 +41,6 @@ from grpc import aio
 
 from .._errors import ConfigError, InputError, StoreError, describe
 from .config import Descriptor, LimitOverride
-from .proto.envoy.config.core.v3 import base_pb2
 from .proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 if TYPE_CHECKING:
@@ -85,6 +84,8 @@ _UNITS: Final = {
     "MONTH": _Unit.MONTH,
     "YEAR": _Unit.YEAR,
 }
+#: Looked up once: an enum wrapper's attribute access runs Python code on every call.
+_UNKNOWN_UNIT: Final = _Unit.UNKNOWN
 #: envoy.type.v3.RateLimitUnit (a descriptor's limit override) to the config's unit names. An
 #: UNKNOWN or undefined unit goes to the service as "unknown" / "unit N", which it refuses.
 _OVERRIDE_UNITS: Final = {1: "second", 2: "minute", 3: "hour", 4: "day", 5: "month", 6: "year"}
@@ -120,7 +121,7 @@ def response_message(response: RateLimitResponse) -> rls_pb2.RateLimitResponse:
     for status in response.statuses:
         _add_status(message.statuses.add(), status)
     for key, value in response.headers:
-        message.response_headers_to_add.append(base_pb2.HeaderValue(key=key, value=value))
+        message.response_headers_to_add.add(key=key, value=value)  # built in place: no copy
     return message
 
 
@@ -128,10 +129,11 @@ def _add_status(message: rls_pb2.RateLimitResponse.DescriptorStatus, status: Des
     message.code = _CODES[status.code]
     if status.limit is not None:
         requests_per_unit, unit, name = status.limit
-        message.current_limit.requests_per_unit = _uint32(requests_per_unit)
-        message.current_limit.unit = _UNITS.get(unit, _Unit.UNKNOWN)
+        current_limit = message.current_limit
+        current_limit.requests_per_unit = _uint32(requests_per_unit)
+        current_limit.unit = _UNITS.get(unit, _UNKNOWN_UNIT)
         if name:
-            message.current_limit.name = name
+            current_limit.name = name
     message.limit_remaining = _uint32(status.limit_remaining)
     if status.limit is not None or status.duration_until_reset > 0:  # none for a descriptor no rule limits
         message.duration_until_reset.FromNanoseconds(max(round(status.duration_until_reset * 1e9), 0))

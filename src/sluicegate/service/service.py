@@ -51,7 +51,7 @@ from .._policy import MAX_LIMIT
 from ..limiter import FALLBACKS, AsyncLimiter, Fallback
 from ..middleware.headers import Header, rate_limit_headers, retry_after_seconds
 from ..stores import AsyncStore
-from .config import Check, Descriptor, DescriptorError, DescriptorLike, RateLimitConfig
+from .config import Check, Descriptor, DescriptorError, DescriptorLike, RateLimitConfig, is_sequence
 
 __all__ = [
     "MAX_DESCRIPTORS",
@@ -320,7 +320,7 @@ def validate_request(domain: object, descriptors: object, hits_addend: object) -
         raise DescriptorError(f"domain: longer than {MAX_DOMAIN_CHARS} characters")
     if isinstance(hits_addend, bool) or not isinstance(hits_addend, int) or not 0 <= hits_addend <= MAX_LIMIT:
         raise DescriptorError(f"hits_addend: must be an integer in 0..{MAX_LIMIT:,}; got {describe(hits_addend)}")
-    if isinstance(descriptors, str | bytes) or not isinstance(descriptors, Sequence):
+    if not is_sequence(descriptors):
         raise DescriptorError(f"descriptors: must be a list of descriptors; got {describe(descriptors)}")
     if not descriptors:
         raise DescriptorError("descriptors: must not be empty")
@@ -329,7 +329,7 @@ def validate_request(domain: object, descriptors: object, hits_addend: object) -
     for index, raw in enumerate(descriptors):
         entries = raw.entries if isinstance(raw, Descriptor) else raw
         where = f"descriptors[{index}]"
-        if isinstance(entries, str | bytes) or not isinstance(entries, Sequence):
+        if not is_sequence(entries):
             raise DescriptorError(f"{where}.entries: must be a list of (key, value) entries; got {describe(entries)}")
         if not entries:
             raise DescriptorError(f"{where}.entries: must not be empty")
@@ -337,19 +337,27 @@ def validate_request(domain: object, descriptors: object, hits_addend: object) -
             raise DescriptorError(f"{where}.entries: {len(entries)} entries; at most {MAX_ENTRIES}")
         total = 0
         for position, entry in enumerate(entries):
-            at = f"{where}.entries[{position}]"
-            if isinstance(entry, str | bytes) or not isinstance(entry, Sequence) or len(entry) != 2:
-                raise DescriptorError(f"{at}: must be a (key, value) pair; got {describe(entry)}")
+            problem = _entry_problem(entry)
+            if problem is not None:  # the entry's location is only formatted for an error
+                raise DescriptorError(f"{where}.entries[{position}]{problem}")
             key, value = entry
-            if not isinstance(key, str) or not key:
-                raise DescriptorError(f"{at}.key: must be a non-empty string; got {describe(key)}")
-            if len(key) > MAX_KEY_CHARS:
-                raise DescriptorError(f"{at}.key: longer than {MAX_KEY_CHARS} characters")
-            # An empty value is allowed, as envoyproxy/ratelimit allows it (its README's example).
-            if not isinstance(value, str):
-                raise DescriptorError(f"{at}.value: must be a string; got {describe(value)}")
-            if len(value) > MAX_VALUE_CHARS:
-                raise DescriptorError(f"{at}.value: longer than {MAX_VALUE_CHARS} characters")
             total += len(key) + len(value)
         if total > MAX_DESCRIPTOR_CHARS:
             raise DescriptorError(f"{where}.entries: {total} characters in all; at most {MAX_DESCRIPTOR_CHARS}")
+
+
+def _entry_problem(entry: object) -> str | None:
+    """What is wrong with one descriptor entry, worded to follow its location; None if nothing."""
+    if not is_sequence(entry) or len(entry) != 2:
+        return f": must be a (key, value) pair; got {describe(entry)}"
+    key, value = entry
+    if not isinstance(key, str) or not key:
+        return f".key: must be a non-empty string; got {describe(key)}"
+    if len(key) > MAX_KEY_CHARS:
+        return f".key: longer than {MAX_KEY_CHARS} characters"
+    # An empty value is allowed, as envoyproxy/ratelimit allows it (its README's example).
+    if not isinstance(value, str):
+        return f".value: must be a string; got {describe(value)}"
+    if len(value) > MAX_VALUE_CHARS:
+        return f".value: longer than {MAX_VALUE_CHARS} characters"
+    return None
