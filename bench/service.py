@@ -58,7 +58,8 @@ AUTH_LUA = """\
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format("GET", "/v1/auth", {["X-Forwarded-For"] = "10." .. (n % 256) .. "." .. (math.floor(n / 256) % 256) .. ".1"})
+  local address = "10." .. (n % 256) .. "." .. (math.floor(n / 256) % 256) .. ".1"
+  return wrk.format("GET", "/v1/auth", {["X-Forwarded-For"] = address})
 end
 """
 TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client"}

@@ -1,8 +1,10 @@
 """AsyncRedisStore coalesces concurrent decisions into few script calls and changes none of them.
 
-- 64 concurrent decisions cost a couple of ``EVALSHA`` calls, not 64, and a hot key admits
+- 64 concurrent decisions cost a handful of ``EVALSHA`` calls, not 64, and a hot key admits
   exactly its limit (zero over- and under-admission), for every algorithm;
 - a lone decision goes out at once, in the single-call wire format, waiting on no timer;
+- queued decisions go out ``EARLY_BATCH`` at a time as they queue, the rest at the end of the
+  loop iteration, with at most ``MAX_IN_FLIGHT`` calls out;
 - a failed batched call fails each decision in it, each within its own deadline;
 - cancelling queued decisions leaves the rest of their batch, and later decisions, exact.
 
@@ -20,13 +22,15 @@ import pytest
 import sluicegate
 from sluicegate._keys import state_keys
 from sluicegate.stores import Item
-from sluicegate.stores.redis import MAX_IN_FLIGHT, AsyncRedisStore
+from sluicegate.stores.redis import EARLY_BATCH, MAX_IN_FLIGHT, AsyncRedisStore
 from tests.redis._support import awaiting, command_stat, sockets_with_unread_input
 from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.redis
 
 TASKS = 64
+#: Script calls for TASKS concurrent decisions: the first alone, the rest EARLY_BATCH at a time.
+ROUND_TRIPS = 1 + -(-(TASKS - 1) // EARLY_BATCH)
 ALGORITHMS = ["gcra", "sliding-log", "sliding-window", "fixed-window"]
 
 
@@ -63,11 +67,10 @@ async def test_concurrent_hits_on_a_hot_key_cost_few_round_trips_and_admit_exact
     print(f"\n{TASKS} concurrent hits ({algorithm}): {round_trips} EVALSHA")
     assert not any(d.degraded for d in decisions)
     assert sum(d.allowed for d in decisions) == 10
-    # The first ten in queue order are the ones admitted: a serial order, the queue's.
-    assert [d.allowed for d in decisions] == [True] * 10 + [False] * (TASKS - 10)
-    assert [d.remaining for d in decisions[:10]] == list(range(9, -1, -1))
-    assert round_trips < TASKS
-    assert round_trips <= 2  # the first goes out alone; the other 63 wait for it, then go together
+    # Some serial order (calls in flight together run in either order): each admitted decision
+    # saw the one before it.
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(10))
+    assert round_trips == ROUND_TRIPS
     assert command_stat(stats, "eval") == 0
 
 
@@ -88,7 +91,7 @@ async def test_concurrent_decisions_on_distinct_keys_and_mixed_operations(own_re
             round_trips = command_stat(raw.info("commandstats"), "evalsha")
             peeks = await asyncio.gather(*(limiter.peek(f"k{i}", "5/hour") for i in range(TASKS)))
     print(f"\n{TASKS} concurrent mixed decisions: {round_trips} EVALSHA")
-    assert round_trips <= 2
+    assert round_trips == ROUND_TRIPS
     for i, (decision, peek) in enumerate(zip(decisions, peeks, strict=True)):
         assert decision.allowed
         assert not decision.degraded
@@ -196,14 +199,12 @@ async def test_a_lost_script_cache_costs_one_eval_for_a_batch(own_redis):
         )
         stats = raw.info("commandstats")
     await store.aclose()
-    assert [r[0].allowed for r in results] == [True] * 10 + [False] * (TASKS - 10)
-    # The lone call meets NOSCRIPT (it did not run) and is sent whole. The 63 that came with it
-    # go out as one batch at the end of that loop iteration: before the EVAL cached the script
-    # again (then that call too is sent whole once) or after it. Never more than one EVAL per
-    # call in flight.
+    assert sum(r[0].allowed for r in results) == 10
+    # Every call that met NOSCRIPT (it did not run) is sent whole once: those in flight when the
+    # cache was lost, at most MAX_IN_FLIGHT; a call sent after an EVAL returned finds the script.
     evals = command_stat(stats, "eval")
     assert 1 <= evals <= MAX_IN_FLIGHT
-    assert sorted(spy.calls) == sorted([("single", 1)] * 2 + [("batch", TASKS - 1)] * evals)
+    assert len(spy.calls) == ROUND_TRIPS + evals
 
 
 async def test_cancelled_queued_decisions_leave_their_batch_intact(own_redis):
@@ -211,7 +212,7 @@ async def test_cancelled_queued_decisions_leave_their_batch_intact(own_redis):
     spy = Spy(store)
     await store.decide([_item("warm-up", "10/hour")], None, commit=True)
     spy.calls.clear()
-    keys = [f"q{i}" for i in range(20)]
+    keys = [f"q{i}" for i in range(EARLY_BATCH - 6)]  # too few to go out before the iteration ends
     own_redis.stop()
     try:
         lone = asyncio.create_task(store.decide([_item("lone", "10/hour")], None, commit=True))
@@ -225,7 +226,7 @@ async def test_cancelled_queued_decisions_leave_their_batch_intact(own_redis):
         own_redis.cont()
     outcomes = await asyncio.gather(*queued, return_exceptions=True)
     assert (await lone)[0].remaining == 9
-    assert spy.calls == [("single", 1), ("batch", 10)]  # the cancelled ones were never sent
+    assert spy.calls == [("single", 1), ("batch", len(keys) // 2)]  # the cancelled ones were never sent
     peeks = await asyncio.gather(*(store.decide([_item(k, "10/hour")], None, commit=False) for k in keys))
     for i, (outcome, peek) in enumerate(zip(outcomes, peeks, strict=True)):
         if i % 2 == 0:
@@ -272,27 +273,36 @@ async def test_no_batching_while_waiting_could_cost_a_decision_its_deadline(own_
     await store.aclose()
 
 
-async def test_queued_decisions_go_out_each_loop_iteration_up_to_the_cap_of_calls_in_flight(own_redis):
-    """The lone call and what came with it are two calls in flight (the cap): what is asked for
-    next waits in the queue until one of them returns, then goes as one batch."""
+async def test_queued_decisions_go_out_early_batches_at_a_time_up_to_the_cap_of_calls_in_flight(own_redis):
+    """While calls are in flight, every EARLY_BATCH queued decisions go out at once and the rest
+    at the end of the loop iteration, until MAX_IN_FLIGHT calls are out: then what is asked for
+    waits in the queue until one of them returns, and goes as one batch."""
     store = AsyncRedisStore(own_redis.url, timeout=2.0)
     spy = Spy(store)
     await store.decide([_item("warm-up", "10/hour")], None, commit=True)
     spy.calls.clear()
     own_redis.stop()
     try:
-        first = [asyncio.create_task(store.decide([_item(f"a{i}", "10/hour")], None, commit=True)) for i in range(8)]
+        lone = asyncio.create_task(store.decide([_item("lone", "10/hour")], None, commit=True))
+        await async_wait_until(lambda: "read_response" in awaiting(lone), timeout=1.0, what="the lone call sent")
+        # 1 call in flight: two early batches, then the last 3 at the end of the iteration.
+        first = [
+            asyncio.create_task(store.decide([_item(f"a{i}", "10/hour")], None, commit=True))
+            for i in range(2 * EARLY_BATCH + 3)
+        ]
         await async_wait_until(
-            lambda: sockets_with_unread_input(own_redis.port) == MAX_IN_FLIGHT, timeout=1.0, what="two calls sent"
+            lambda: sockets_with_unread_input(own_redis.port) == 4, timeout=1.0, what="four calls sent"
         )
+        assert spy.calls == [("single", 1), ("batch", EARLY_BATCH), ("batch", EARLY_BATCH), ("batch", 3)]
+        assert MAX_IN_FLIGHT == 4
         later = [asyncio.create_task(store.decide([_item(f"b{i}", "10/hour")], None, commit=True)) for i in range(5)]
         for _ in range(20):  # many loop iterations: the queue stays put while the cap is reached
             await asyncio.sleep(0)
-        assert spy.calls == [("single", 1), ("batch", 7)]
+        assert len(spy.calls) == 4
         assert sockets_with_unread_input(own_redis.port) == MAX_IN_FLIGHT
     finally:
         own_redis.cont()
-    results = await asyncio.gather(*first, *later)
+    results = await asyncio.gather(lone, *first, *later)
     await store.aclose()
-    assert spy.calls == [("single", 1), ("batch", 7), ("batch", 5)]
-    assert [r[0].remaining for r in results] == [9] * 13
+    assert spy.calls[4:] == [("batch", 5)]
+    assert [r[0].remaining for r in results] == [9] * len(results)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import pytest
 
 import sluicegate
-from sluicegate.stores.redis import BATCH_SIZE, AsyncRedisStore
+from sluicegate.stores.redis import BATCH_SIZE, EARLY_BATCH, MAX_IN_FLIGHT, AsyncRedisStore
 from tests.redis._support import awaiting, sockets_with_unread_input
 from tests.waiting import async_wait_until
 
@@ -130,17 +130,19 @@ async def test_cancelling_requests_a_frozen_server_holds(own_redis, batch_size):
     closed sockets; nothing of that may reach a later decision.
 
     Unbatched, each request is its own call on its own connection. Batched, the first request
-    goes out alone and the others go together at the end of that loop iteration, one batched
-    call on a second connection: their tasks wait in the store's queue for the batch's reply,
-    and cancelling them must leave that call, its late reply and later decisions harmless."""
+    goes out alone and the others in batches (EARLY_BATCH, then the rest at the end of the loop
+    iteration), each on a connection of its own; their tasks wait in the store's queue for the
+    batch's reply, and the batches' late replies must not reach later decisions.
+    (Queued decisions cancelled before they are sent: ``test_batching``.)"""
     store = AsyncRedisStore(own_redis.url, timeout=2.0, batch_size=batch_size)
     async with sluicegate.AsyncLimiter(store, timeout=2.0) as limiter:
         await _check_fresh_decisions(limiter, "before", 3000)  # pooled connections
         keys = [f"frozen:{i}" for i in range(TASKS)]
         limits = [1000 + 10 * i for i in range(TASKS)]
-        sent = TASKS if batch_size == 1 else 2  # script calls on the wire
+        batches = -(-(TASKS - 1) // EARLY_BATCH)  # behind the first: EARLY_BATCH, then the rest
+        assert 1 + batches <= MAX_IN_FLIGHT  # every request on the wire, none left queued
+        sent = TASKS if batch_size == 1 else 1 + batches  # script calls on the wire
         reading = TASKS if batch_size == 1 else 1  # tasks reading a reply themselves
-        batched = TASKS - 1  # decisions in the batched call
         try:
             own_redis.stop()
             tasks = [asyncio.create_task(limiter.hit(k, _policy(n))) for k, n in zip(keys, limits, strict=True)]
@@ -165,7 +167,6 @@ async def test_cancelling_requests_a_frozen_server_holds(own_redis, batch_size):
             own_redis.cont()
         assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
         ran = await _check_outcomes(limiter, keys, limits, outcomes)
-        assert ran <= (TASKS if batch_size == 1 else 1 + batched)  # only what was sent ran
         await _check_fresh_decisions(limiter, "after", 5000)
         await _assert_no_leaked_connections(own_redis)
     print(f"\n{TASKS} hits cancelled while the server was frozen; {ran} ran once it continued")

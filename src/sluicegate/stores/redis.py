@@ -9,15 +9,16 @@
 - Redis errors become ``StoreError`` here and nowhere else.
 
 ``AsyncRedisStore`` batches: a decision asked for while none is in flight is sent at once (no
-timer, no added wait); decisions asked for while calls are in flight queue, and everything
-queued goes out as one script call of up to ``batch_size`` groups (``decide.lua``'s batch mode)
-at the end of the loop iteration that queued it, or, once ``MAX_IN_FLIGHT`` calls are out, when
-one of them returns. Two calls in flight let the client build one batch while Redis runs the
-other. Groups are decided in queue order, each seeing the writes of the ones before it, and
-each call is atomic, so each decision is exactly what it would have been alone, in some serial
-order. Waiting for a call in flight costs a queued decision up to one more round trip, so the
-store batches only while twice a recent round trip fits in ``timeout``; on a slower link (or
-after a timeout) each decision goes out alone, as if unbatched, until round trips are fast again.
+timer, no added wait); decisions asked for while calls are in flight queue, and what is queued
+goes out as one script call of up to ``batch_size`` groups (``decide.lua``'s batch mode) as soon
+as ``EARLY_BATCH`` of them wait, else at the end of the loop iteration that queued them, or,
+once ``MAX_IN_FLIGHT`` calls are out, when one of them returns. Sending early keeps both cores
+busy: Redis runs one batch while the client runs the callers of the next. Groups are decided in
+queue order, each seeing the writes of the ones before it, and each call is atomic, so each
+decision is exactly what it would have been alone, in some serial order. Waiting for a call in
+flight costs a queued decision up to one more round trip, so the store batches only while twice
+a recent round trip fits in ``timeout``; on a slower link (or after a timeout) each decision
+goes out alone, as if unbatched, until round trips are fast again.
 Peeks are batched too (each group carries its own commit flag and time). The Sentinel store
 inherits this; the Cluster store does not batch (its calls go to one node per slot).
 """
@@ -64,6 +65,7 @@ from ._base import Item
 
 __all__ = [
     "BATCH_SIZE",
+    "EARLY_BATCH",
     "MAX_IN_FLIGHT",
     "AsyncRedisStore",
     "HeldConnections",
@@ -414,9 +416,12 @@ def _pack_with_hiredis(pool: Any) -> None:
 
 #: The most decisions ``AsyncRedisStore`` sends in one batched script call.
 BATCH_SIZE = 64
-#: The most script calls ``AsyncRedisStore`` keeps in flight before queued decisions wait for one
-#: to return: two lets the client prepare one batch while Redis runs the other.
-MAX_IN_FLIGHT = 2
+#: Queued decisions that go out at once, without waiting for the end of the loop iteration:
+#: Redis runs them while the client is still running the callers of the next ones.
+EARLY_BATCH = 16
+#: The most script calls ``AsyncRedisStore`` keeps in flight; beyond it, queued decisions wait
+#: for one to return.
+MAX_IN_FLIGHT = 4
 
 
 class _Request:
@@ -501,7 +506,9 @@ class AsyncRedisStore:
             return verdicts(reply)
         future: asyncio.Future[list[Verdict]] = loop.create_future()
         self._queue.append(_Request(items, now, commit, future, deadline))
-        if not self._flush_due:  # everything asked for in this loop iteration goes together
+        if self._in_flight < MAX_IN_FLIGHT and len(self._queue) >= min(EARLY_BATCH, self._batch_size):
+            self._flush()
+        elif not self._flush_due:  # the rest of this loop iteration's decisions go together
             self._flush_due = True
             loop.call_soon(self._flush_if_free)
         # No timer of its own: the call it waits for, and then its own, end by its deadline.
