@@ -282,8 +282,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (short repetitions)")
     parser.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
-    parser.add_argument("--seconds", type=float, default=None, help="length of one repetition (default 1.5; quick 0.2)")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 2)")
+    parser.add_argument("--seconds", type=float, default=None, help="length of one repetition (default 2; quick 0.2)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 2)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md and charts")
     args = parser.parse_args()
@@ -293,8 +293,8 @@ def main() -> None:
         parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
     if "service" in only and missing_tools():
         parser.error(f"the service workload needs {', '.join(missing_tools())} (Debian); scripts/bench installs them")
-    seconds = args.seconds or (0.2 if args.quick else 1.5)
-    reps = args.reps or (2 if args.quick else 3)
+    seconds = args.seconds or (0.2 if args.quick else 2.0)
+    reps = args.reps or (2 if args.quick else 5)
     attempts = 100 if args.quick else ATTEMPTS_PER_PROCESS
 
     results: dict[str, Any] = {
