@@ -55,6 +55,19 @@ def _rate_table(rows: list[Row], base: str = "raw floor") -> str:
     return "\n".join(out)
 
 
+def _versus_peers(rows: list[Row]) -> str:
+    """One line: sluicegate's median against the fastest peer's (the raw floor is no peer)."""
+    ours = next((r for r in rows if r["library"].startswith("sluicegate")), None)
+    peers = [r for r in rows if not r["library"].startswith(("sluicegate", "raw floor"))]
+    if ours is None or not peers:
+        return ""
+    best = max(peers, key=lambda r: r["rate_median"])
+    return (
+        f"\n\nsluicegate: **{ours['rate_median'] / best['rate_median']:.2f}×** the fastest peer, {best['library']}"
+        f" (medians; p99 {ours['p99_us']:,.0f} µs against {best['p99_us']:,.0f} µs)."
+    )
+
+
 def _chart(rows: list[Row], title: str, path: Path) -> None:
     import matplotlib
 
@@ -101,14 +114,15 @@ def write_docs(results: dict[str, Any], root: Path) -> None:
     for key, title, png in sections:
         if key in results:
             _chart(results[key], title, charts / png)
-            parts.append(f"## {title}\n\n{_rate_table(results[key])}\n\n![{title}](benchmarks/{png})")
+            table = _rate_table(results[key]) + _versus_peers(results[key])
+            parts.append(f"## {title}\n\n{table}\n\n![{title}](benchmarks/{png})")
     if "async" in results:
         for name, rows in results["async"].items():
             which = ("a", "one hot key") if name == "hot" else ("b", "distinct keys")
             title = f"3{which[0]}. {settings['tasks']} asyncio tasks, {which[1]}"
             png = f"async-{name}.png"
             _chart(rows, title, charts / png)
-            parts.append(f"## {title}\n\n{_rate_table(rows)}\n\n![{title}](benchmarks/{png})")
+            parts.append(f"## {title}\n\n{_rate_table(rows)}{_versus_peers(rows)}\n\n![{title}](benchmarks/{png})")
     if "abusive" in results:
         title = "4. An abusive client, already throttled (10 per day, exhausted, then hammered)"
         _chart(results["abusive"], title, charts / "abusive.png")
