@@ -172,8 +172,9 @@ def write_docs(results: dict[str, Any], root: Path) -> None:
             ' `/v1/check` sends `{"domain": "bench", "descriptor": {"user": …}}` with 100,000'
             " distinct users, `/v1/auth` a distinct `X-Forwarded-For` address per request. gRPC: h2load,"
             " 4 connections × 16 streams, Envoy's `ShouldRateLimit` message (one descriptor, one key)."
-            " The gRPC floor is an empty `grpc.aio` servicer under the same load: what grpc.aio"
-            " itself costs here. The load generators share the 2 cores with the service and Redis."
+            " The gRPC floors are an empty `grpc.aio` servicer under the same load, alone and awaiting"
+            " one redis-py `PING` per call: what grpc.aio itself costs here, and with one round trip."
+            " The load generators share the 2 cores with the service and Redis."
             " Each row: repetitions of twice the library workloads' length; p50 is the median of the"
             " repetitions', p99 the worst. *failed*: non-2xx answers and socket errors; *degraded*:"
             " decisions the service's own `/metrics` counted as degraded, plus store errors (must be 0)."

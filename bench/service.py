@@ -1,8 +1,9 @@
 """`sluicegate serve` under load on this machine: HTTP `/v1/check` and `/v1/auth` driven by wrk,
 gRPC `ShouldRateLimit` driven by h2load (Envoy's call, a pre-encoded message), and, as the gRPC
-floor, an empty `grpc.aio` servicer driven the same way. The load generators run on the same
-2 cores as the service and Redis. After each run the service's own /metrics must show zero
-degraded decisions and zero store errors, or the row says how many there were.
+floors, an empty `grpc.aio` servicer driven the same way, alone and awaiting one Redis PING per
+call. The load generators run on the same 2 cores as the service and Redis. After each run the
+service's own /metrics must show zero degraded decisions and zero store errors, or the row says
+how many there were.
 """
 
 from __future__ import annotations
@@ -237,9 +238,14 @@ def w_service(redis_url: str, seconds: float, reps: int) -> list[Row]:
                 before = _degraded(http_port)
                 runs = [load() for _ in range(reps)]
                 rows.append(_row(name, runs, _degraded(http_port) - before))
-        floor = [sys.executable, "-m", "bench.grpc_floor", str(floor_port)]
-        with _process(floor, {}, [floor_port], "the gRPC floor"):
-            _h2load(floor_port, work / "grpc.bin", seconds)  # warm-up
-            runs = [_h2load(floor_port, work / "grpc.bin", seconds) for _ in range(reps)]
-            rows.append(_row("gRPC floor (empty grpc.aio servicer)", runs, None))
+        floors = [
+            ("gRPC floor (empty grpc.aio servicer)", []),
+            ("gRPC floor + one awaited Redis PING per call", [redis_url]),
+        ]
+        for name, extra in floors:
+            floor = [sys.executable, "-m", "bench.grpc_floor", str(floor_port), *extra]
+            with _process(floor, {}, [floor_port], name):
+                _h2load(floor_port, work / "grpc.bin", seconds)  # warm-up
+                runs = [_h2load(floor_port, work / "grpc.bin", seconds) for _ in range(reps)]
+                rows.append(_row(name, runs, None))
     return rows
