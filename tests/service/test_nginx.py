@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.redis_server import free_port
-from tests.service.test_serve import Serve
+from tests.service.serve_process import Serve
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "nginx" / "nginx.conf"
 DEADLINE_S = 10.0

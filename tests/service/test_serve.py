@@ -8,11 +8,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,8 +18,7 @@ from sluicegate import ConfigError
 from sluicegate._forwarded import TrustedProxies
 from sluicegate.service._auth import AuthDescriptors
 from sluicegate.service.settings import Settings
-
-DEADLINE_S = 15.0
+from tests.service.serve_process import DEADLINE_S, Serve
 
 CONFIG = """
 domain: api
@@ -33,93 +27,6 @@ descriptors:
   - key: user
     rate_limit: {unit: hour, requests_per_unit: 1, name: per_user}
 """
-
-
-class Serve:
-    """One ``sluicegate serve`` child; its stderr lines are collected as they come."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        clean = {key: value for key, value in os.environ.items() if not key.startswith("SLUICEGATE_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sluicegate", "serve", "--port", "0", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**clean, **(env or {})},
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = 0
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, pattern: str, *, after: int = 0) -> re.Match[str]:
-        """The first log line from index ``after`` on matching ``pattern``, waiting for it."""
-        compiled = re.compile(pattern)
-        deadline = time.monotonic() + DEADLINE_S
-        with self._changed:
-            while True:
-                for line in self.lines[after:]:
-                    found = compiled.search(line)
-                    if found:
-                        return found
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
-                    log = "\n".join(self.lines)
-                    raise AssertionError(f"no log line matching {pattern!r}; the log:\n{log}")
-                self._changed.wait(min(left, 0.5))
-
-    def started(self) -> Serve:
-        self.port = int(self.wait_for(r"serving HTTP on http://127\.0\.0\.1:(\d+)").group(1))
-        self.wait_for(r"ready \(pid")
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def signal(self, signum: int) -> int:
-        """Send ``signum``; the index of the next log line (for ``wait_for(after=...)``)."""
-        with self._changed:
-            mark = len(self.lines)
-        self.process.send_signal(signum)
-        return mark
-
-    def close(self) -> None:
-        """Kill the process if it still runs, and release its pipe."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._reader.join(DEADLINE_S)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Serve]]:
-    started: list[Serve] = []
-    yield started
-    for process in started:
-        process.close()
 
 
 def _decide(serve: Serve, user: str = "u") -> httpx.Response:
