@@ -307,6 +307,7 @@ _SERVE_FLAGS = (
     ("--timeout", "timeout", "seconds a store call may take (default: 0.05)"),
     ("--fallback", "fallback", "when the store fails: local, allow, deny or raise (default: local)"),
     ("--prefix", "prefix", "store key prefix (default: sluicegate)"),
+    ("--workers", "workers", "serving processes sharing the ports; more than 1 needs --redis (default: 1)"),
     ("--auth-token-file", "auth_token_file", "file holding the bearer token HTTP callers must send"),
     ("--trusted-proxies", "trusted_proxies", "comma-separated CIDRs whose X-Forwarded-For is believed"),
     ("--auth-domain", "auth_domain", "domain of /v1/auth requests (default: the config's only domain)"),

@@ -60,6 +60,7 @@ class Metrics:
             "1 while the circuit breaker is open and decisions use the fallback.",
             ["store"],
             registry=registry,
+            multiprocess_mode="livemax",  # serve --workers: 1 while any live worker's is open
         )
         self.breaker_transitions = Counter(
             "sluicegate_breaker_transitions_total",

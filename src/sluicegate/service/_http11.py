@@ -388,10 +388,11 @@ class HttpServer:
     def __repr__(self) -> str:
         return f"<HttpServer {self.address} connections={len(self.connections)}>"
 
-    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+    async def start(self, host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``; ``reuse_port``: share the port with the other workers."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
+            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port
         )
         self._sweeper = loop.create_task(self._sweep())
 

@@ -22,7 +22,8 @@ server. Each call becomes one ``RateLimitService.should_rate_limit``; this modul
 The server binds 127.0.0.1 unless told otherwise, serves plaintext, TLS, or mutual TLS
 (``TlsConfig``), accepts messages of at most ``MAX_MESSAGE_BYTES``, and never shares its port with
 another process (``SO_REUSEPORT`` off, so a second server on a taken port fails instead of
-silently splitting the traffic). It also answers the standard health check,
+silently splitting the traffic) but its own workers (``sluicegate serve --workers``, whose
+supervisor checks the port is free before they bind it). It also answers the standard health check,
 ``grpc.health.v1.Health/Check`` (what Envoy's gRPC health checker and ``grpc_health_probe``
 call): SERVING for ``""`` and the RLS service name, NOT_FOUND for any other; once ``stop`` begins,
 new calls, health checks included, are refused, and a check still in flight says NOT_SERVING.
@@ -277,11 +278,13 @@ async def start_grpc_server(
     port: int = 8081,
     tls: TlsConfig | None = None,
     max_concurrent_rpcs: int | None = 10_000,
+    reuse_port: bool = False,
 ) -> GrpcServer:
     """Serve ``service`` over Envoy's RLS v3 gRPC API on ``host:port`` (port 0: any free one;
     the returned server's ``port`` says which). ``tls``: TLS or mutual TLS, else plaintext.
     ``max_concurrent_rpcs``: calls beyond it are refused with RESOURCE_EXHAUSTED rather than
     queued (Envoy's filter gives up after its timeout, 20 ms by default, anyway).
+    ``reuse_port``: share the port with the other workers of one ``sluicegate serve``.
 
     Raises ``ConfigError`` when the port cannot be bound or a TLS file cannot be read.
     """
@@ -293,7 +296,7 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )

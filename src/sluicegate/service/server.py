@@ -11,7 +11,8 @@ Starts the HTTP server (and /metrics on its own port, and the gRPC server, when 
 
 Without a config it serves the built-in example (domain ``example``), and without a Redis URL
 the in-memory store, and says so in the log. The event loop is uvloop when it is installed
-(``pip install sluicegate[fast]``).
+(``pip install sluicegate[fast]``). With ``workers`` above 1, ``run`` hands over to
+``workers.supervise``, which runs this same server in each worker process.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._errors import ConfigError, SluicegateError, StoreError, redact_url
 from .._forwarded import TrustedProxies
@@ -43,7 +46,7 @@ from .http import HttpApp, problem
 from .service import RateLimitService, fallback_limiters
 from .settings import Settings
 
-__all__ = ["Server", "configure_logging", "run"]
+__all__ = ["Server", "WorkerRole", "configure_logging", "run", "run_loop"]
 
 log = logging.getLogger("sluicegate.serve")
 
@@ -55,7 +58,12 @@ _Stamp = tuple[tuple[str, int, int, int], ...]
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
+    """One JSON object per line: time, level, logger, message (and the traceback, if any), and
+    which worker logged it when there are several."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -64,18 +72,21 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=True)
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """Send sluicegate's logs to stderr, as text or JSON lines."""
+def configure_logging(log_format: str, level: str, *, worker: int | None = None) -> None:
+    """Send sluicegate's logs to stderr, as text or JSON lines, each naming its ``worker``."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = "" if worker is None else f" (worker {worker})"
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s"))
     root = logging.getLogger("sluicegate")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -109,12 +120,35 @@ def _summary(config: RateLimitConfig) -> str:
 # --- the server ----------------------------------------------------------------------------------
 
 
-class Server:
-    """Everything ``sluicegate serve`` runs, started by ``start`` and stopped by ``stop``."""
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a worker of ``sluicegate serve --workers N`` is told by its supervisor."""
 
-    def __init__(self, settings: Settings, *, registry: CollectorRegistry = REGISTRY) -> None:
+    index: int
+    supervisor_pid: int
+    #: Called once the worker serves on every port.
+    ready: Callable[[], None]
+
+
+def exposition_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics shows: ``registry``, or, when prometheus_client writes its values to files
+    shared by several processes (``PROMETHEUS_MULTIPROC_DIR``, as the supervisor of
+    ``--workers`` sets), every process's values added up."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return registry
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+    return combined
+
+
+class Server:
+    """Everything ``sluicegate serve`` runs, started by ``start`` and stopped by ``stop``.
+    ``reuse_port``: share the ports with the other workers of one supervisor."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry = REGISTRY, reuse_port: bool = False) -> None:
         self.settings = settings
         self.registry = registry
+        self.reuse_port = reuse_port
         self.http: HttpServer | None = None
         self.metrics_http: HttpServer | None = None
         self.grpc: Any = None
@@ -154,7 +188,7 @@ class Server:
         )
         app = HttpApp(
             self.service,
-            registry=self.registry,
+            registry=exposition_registry(self.registry),
             auth=auth,
             auth_domain=settings.auth_domain,
             auth_deny_status=settings.auth_deny_status,
@@ -209,7 +243,7 @@ class Server:
 
     async def _listen(self, server: HttpServer, host: str, port: int, what: str) -> None:
         try:
-            await server.start(host, port)
+            await server.start(host, port, reuse_port=self.reuse_port)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}") from None
         address = server.address
@@ -230,7 +264,7 @@ class Server:
         if settings.grpc_tls_cert is not None and settings.grpc_tls_key is not None:
             tls = transport.TlsConfig(settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_client_ca)
         self.grpc = await transport.start_grpc_server(
-            self.service, host=settings.host, port=settings.grpc_port or 0, tls=tls
+            self.service, host=settings.host, port=settings.grpc_port or 0, tls=tls, reuse_port=self.reuse_port
         )
         scheme = "plaintext" if tls is None else "mutual TLS" if tls.client_ca_file else "TLS"
         log.info("serving gRPC (%s) on %s:%s", scheme, settings.host, self.grpc.port)
@@ -320,17 +354,19 @@ def _metrics_only(app: HttpApp) -> Callable[[Request], Any]:
 # --- entry point ---------------------------------------------------------------------------------
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; the exit code."""
-    server = Server(settings)
+def report_config_error(path: str | None, exc: RateLimitConfigError) -> None:
+    for issue in exc.issues[:50]:
+        log.error("%s", issue)
+    log.error("config %s: %d problem%s; not starting", path, len(exc.issues), "s" * (len(exc.issues) != 1))
+
+
+async def serve(settings: Settings, *, role: WorkerRole | None = None) -> int:
+    """Run until SIGTERM/SIGINT (a worker: also until its supervisor is gone); the exit code."""
+    server = Server(settings, reuse_port=role is not None)
     try:
         await server.start()
     except RateLimitConfigError as exc:
-        for issue in exc.issues[:50]:
-            log.error("%s", issue)
-        log.error(
-            "config %s: %d problem%s; not starting", settings.config, len(exc.issues), "s" * (len(exc.issues) != 1)
-        )
+        report_config_error(settings.config, exc)
         return 1
     except SluicegateError as exc:
         log.error("not starting: %s", exc)
@@ -353,12 +389,32 @@ async def serve(settings: Settings) -> int:
     # those walks paused the loop for up to 35 ms under load, long enough for store calls to
     # time out and decisions to degrade.
     gc.freeze()
-    log.info("ready (pid %d); SIGHUP reloads the config, SIGTERM drains and stops", os.getpid())
+    if role is None:
+        log.info("ready (pid %d); SIGHUP reloads the config, SIGTERM drains and stops", os.getpid())
+    else:
+        log.debug("ready (pid %d)", os.getpid())
+        role.ready()
+        orphaned = loop.create_task(_until_orphaned(role.supervisor_pid, stop))
     await stop.wait()
+    if role is not None:
+        orphaned.cancel()
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)
     await server.stop()
     return 0
+
+
+async def _until_orphaned(supervisor_pid: int, stop: asyncio.Event) -> None:
+    """Stop a worker whose supervisor died without telling it (SIGKILL, OOM killer): nothing
+    else would ever stop it, and it would keep the ports."""
+    while os.getppid() == supervisor_pid:
+        await asyncio.sleep(_ORPHAN_POLL)
+    log.warning("the supervisor (pid %d) is gone: draining and stopping", supervisor_pid)
+    stop.set()
+
+
+#: Seconds between a worker's checks that its supervisor is still there.
+_ORPHAN_POLL: Final = 0.5
 
 
 async def _quietly_stop(server: Server) -> None:
@@ -370,12 +426,22 @@ async def _quietly_stop(server: Server) -> None:
 
 
 def run(settings: Settings) -> int:
-    """``sluicegate serve``: configure logging, pick the event loop, serve until stopped."""
+    """``sluicegate serve``: configure logging, then serve until stopped, in this process or,
+    with ``workers`` above 1, in that many worker processes."""
     configure_logging(settings.log_format, settings.log_level)
+    if settings.workers > 1:
+        from .workers import supervise
+
+        return supervise(settings)
+    return run_loop(serve(settings))
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed, else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
         log.info("event loop: asyncio (pip install 'sluicegate[fast]' for uvloop)")
-        return asyncio.run(serve(settings))
+        return asyncio.run(main)
     log.info("event loop: uvloop")
-    return uvloop.run(serve(settings))
+    return uvloop.run(main)

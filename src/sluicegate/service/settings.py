@@ -17,7 +17,8 @@ SLUICEGATE_CONFIG               (none: built-in)        rule config file or dire
 SLUICEGATE_PREFIX               sluicegate              store key prefix
 SLUICEGATE_TIMEOUT              0.05                    seconds a store call may take
 SLUICEGATE_FALLBACK             local                   default fallback: local, allow, deny, raise
-SLUICEGATE_FALLBACK_SHARE       1.0                     local fallback's share of each limit (1/N)
+SLUICEGATE_FALLBACK_SHARE       1.0                     local fallback's share of each limit (1/N instances)
+SLUICEGATE_WORKERS              1                       serving processes sharing the ports (needs Redis)
 SLUICEGATE_SHADOW_MODE          false                   report every rule's denials, enforce none
 SLUICEGATE_AUTH_TOKEN           (none)                  bearer token every HTTP call but /healthz needs
 SLUICEGATE_AUTH_TOKEN_FILE      (none)                  ... read from this file instead (first line)
@@ -53,7 +54,7 @@ from .._errors import ConfigError, describe
 from .._forwarded import ForwardedHeader, TrustedProxies
 from ..limiter import FALLBACKS, Fallback
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["ENV_PREFIX", "MAX_WORKERS", "Settings"]
 
 ENV_PREFIX: Final = "SLUICEGATE_"
 _TRUE = ("1", "true", "yes", "on")
@@ -140,6 +141,16 @@ def _ipv6_prefix(text: str) -> int:
     return int(text)
 
 
+#: More serving processes than this only adds context switches (each one is single-threaded).
+MAX_WORKERS: Final = 64
+
+
+def _workers(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"a number of processes in 1..{MAX_WORKERS}")
+    return int(text)
+
+
 def _deny_status(text: str) -> int:
     if text.strip() not in ("403", "429"):
         raise ValueError("403 or 429")
@@ -169,6 +180,7 @@ _PARSERS: Final[dict[str, Callable[[str], Any]]] = {
     "timeout": _positive_seconds(60),
     "fallback": _choice(*FALLBACKS),
     "fallback_share": _share,
+    "workers": _workers,
     "shadow_mode": _bool,
     "auth_token": _optional_text,
     "auth_token_file": _optional_text,
@@ -207,6 +219,7 @@ class Settings:
     timeout: float = 0.05
     fallback: Fallback = "local"
     fallback_share: float = 1.0
+    workers: int = 1
     shadow_mode: bool = False
     auth_token: str | None = dataclasses.field(default=None, repr=False)
     auth_token_file: str | None = None
