@@ -167,8 +167,9 @@ def write_docs(results: dict[str, Any], root: Path) -> None:
         _chart(rows, "7. sluicegate serve with Redis, load from the same machine", charts / "service.png")
         parts.append(
             "## 7. The service: `sluicegate serve` with Redis behind it\n\n"
-            "One `sluicegate serve` process (uvloop) on this run's Redis, a rule of 1000000000 per hour"
-            " (every decision a real store call, GCRA). HTTP: wrk, 1 thread, 64 connections;"
+            "`sluicegate serve` (uvloop) on this run's Redis, as one process and as `--workers 2` (two"
+            " processes on the same ports), a rule of 1000000000 per hour (every decision a real store"
+            " call, GCRA). HTTP: wrk, 1 thread, 64 connections;"
             ' `/v1/check` sends `{"domain": "bench", "descriptor": {"user": …}}` with 100,000'
             " distinct users, `/v1/auth` a distinct `X-Forwarded-For` address per request. gRPC: h2load,"
             " 4 connections × 16 streams, Envoy's `ShouldRateLimit` message (one descriptor, one key)."

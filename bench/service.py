@@ -1,9 +1,9 @@
-"""`sluicegate serve` under load on this machine: HTTP `/v1/check` and `/v1/auth` driven by wrk,
-gRPC `ShouldRateLimit` driven by h2load (Envoy's call, a pre-encoded message), and, as the gRPC
-floors, an empty `grpc.aio` servicer driven the same way, alone and awaiting one Redis PING per
-call. The load generators run on the same 2 cores as the service and Redis. After each run the
-service's own /metrics must show zero degraded decisions and zero store errors, or the row says
-how many there were.
+"""`sluicegate serve` under load on this machine, as one process and as `--workers 2`: HTTP
+`/v1/check` and `/v1/auth` driven by wrk, gRPC `ShouldRateLimit` driven by h2load (Envoy's
+call, a pre-encoded message), and, as the gRPC floors, an empty `grpc.aio` servicer driven the
+same way, alone and awaiting one Redis PING per call. The load generators run on the same 2
+cores as the service and Redis. After each run the service's own /metrics must show zero
+degraded decisions and zero store errors, or the row says how many there were.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ Row = dict[str, Any]
 #: library workloads' 64 asyncio tasks.
 CONNECTIONS = 64
 GRPC_CONNECTIONS, GRPC_STREAMS = 4, 16
+#: ``sluicegate serve --workers``: one per core of this machine.
+WORKERS = 2
 GRPC_PATH = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 CONFIG = """\
 domain: bench
@@ -207,37 +209,18 @@ def _row(name: str, runs: list[tuple[float, float, float, int]], degraded: int |
 
 
 def w_service(redis_url: str, seconds: float, reps: int) -> list[Row]:
-    """The service (uvloop when installed) deciding against ``redis_url``, and the gRPC floor."""
+    """The service (uvloop when installed) deciding against ``redis_url``, as one process and as
+    ``WORKERS`` workers, and the gRPC floors."""
     with tempfile.TemporaryDirectory() as workdir:
         work = Path(workdir)
         (work / "bench.yaml").write_text(CONFIG)
         (work / "check.lua").write_text(CHECK_LUA)
         (work / "auth.lua").write_text(AUTH_LUA)
         (work / "grpc.bin").write_bytes(_grpc_body())
-        http_port, grpc_port, floor_port = _free_port(), _free_port(), _free_port()
-        env = {
-            "SLUICEGATE_REDIS_URL": redis_url,
-            "SLUICEGATE_CONFIG": str(work / "bench.yaml"),
-            "SLUICEGATE_PORT": str(http_port),
-            "SLUICEGATE_GRPC_PORT": str(grpc_port),
-            "SLUICEGATE_AUTH_DOMAIN": "bench",
-            "SLUICEGATE_LOG_LEVEL": "warning",
-        }
-        url = f"http://127.0.0.1:{http_port}"
-        loads: list[tuple[str, Callable[[], tuple[float, float, float, int]]]] = [
-            ("sluicegate serve, HTTP /v1/check", lambda: _wrk(url, work / "check.lua", seconds)),
-            ("sluicegate serve, HTTP /v1/auth", lambda: _wrk(url, work / "auth.lua", seconds)),
-            ("sluicegate serve, gRPC ShouldRateLimit", lambda: _h2load(grpc_port, work / "grpc.bin", seconds)),
-        ]
         rows = []
-        serve = [sys.executable, "-m", "sluicegate", "serve"]
-        with _process(serve, env, [http_port, grpc_port], "sluicegate serve"):
-            _check_answers(http_port, grpc_port, _grpc_body())
-            for name, load in loads:
-                load()  # warm-up: connections, script cache, first requests
-                before = _degraded(http_port)
-                runs = [load() for _ in range(reps)]
-                rows.append(_row(name, runs, _degraded(http_port) - before))
+        for workers in (1, WORKERS):
+            rows += _serve_rows(redis_url, work, seconds, reps, workers)
+        floor_port = _free_port()
         floors = [
             ("gRPC floor (empty grpc.aio servicer)", []),
             ("gRPC floor + one awaited Redis PING per call", [redis_url]),
@@ -248,4 +231,33 @@ def w_service(redis_url: str, seconds: float, reps: int) -> list[Row]:
                 _h2load(floor_port, work / "grpc.bin", seconds)  # warm-up
                 runs = [_h2load(floor_port, work / "grpc.bin", seconds) for _ in range(reps)]
                 rows.append(_row(name, runs, None))
+    return rows
+
+
+def _serve_rows(redis_url: str, work: Path, seconds: float, reps: int, workers: int) -> list[Row]:
+    http_port, grpc_port = _free_port(), _free_port()
+    env = {
+        "SLUICEGATE_REDIS_URL": redis_url,
+        "SLUICEGATE_CONFIG": str(work / "bench.yaml"),
+        "SLUICEGATE_PORT": str(http_port),
+        "SLUICEGATE_GRPC_PORT": str(grpc_port),
+        "SLUICEGATE_AUTH_DOMAIN": "bench",
+        "SLUICEGATE_WORKERS": str(workers),
+        "SLUICEGATE_LOG_LEVEL": "warning",
+    }
+    url = f"http://127.0.0.1:{http_port}"
+    serve = "sluicegate serve" if workers == 1 else f"sluicegate serve --workers {workers}"
+    loads: list[tuple[str, Callable[[], tuple[float, float, float, int]]]] = [
+        (f"{serve}, HTTP /v1/check", lambda: _wrk(url, work / "check.lua", seconds)),
+        (f"{serve}, HTTP /v1/auth", lambda: _wrk(url, work / "auth.lua", seconds)),
+        (f"{serve}, gRPC ShouldRateLimit", lambda: _h2load(grpc_port, work / "grpc.bin", seconds)),
+    ]
+    rows = []
+    with _process([sys.executable, "-m", "sluicegate", "serve"], env, [http_port, grpc_port], serve):
+        _check_answers(http_port, grpc_port, _grpc_body())
+        for name, load in loads:
+            load()  # warm-up: connections, script cache, first requests
+            before = _degraded(http_port)
+            runs = [load() for _ in range(reps)]
+            rows.append(_row(name, runs, _degraded(http_port) - before))
     return rows
