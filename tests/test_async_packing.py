@@ -13,6 +13,8 @@ COMMANDS = [
     ("EVALSHA", "0" * 40, 2, "sluicegate:g10/1000b10:{user:42}", "k:{é}", "", 1, "g", 10, 1_000_000, 10, 1),
     ("EVAL", "return 1", 0, 1.5, b"\x00raw", "ünïcode ✓"),
     ("DEL",),
+    ("SCRIPT LOAD", "return 1"),  # one name, two words on the wire
+    (b"CLIENT SETNAME", "x"),
 ]
 
 

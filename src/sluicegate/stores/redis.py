@@ -403,6 +403,9 @@ class _HiredisPacking:
     batched decisions (hundreds of arguments per call). The bytes on the wire are the same."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if " " in name if isinstance(name, str) else b" " in name:  # "SCRIPT LOAD": two words on the wire
+            args = (*name.split(), *args[1:])
         return [hiredis.pack_command(args)]
 
 
