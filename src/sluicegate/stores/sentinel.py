@@ -32,7 +32,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 
 from .._errors import ConfigError, describe, redact_url
-from .redis import TLS_PARSER, AsyncRedisStore, RedisStore, client_options, parse_hosts_url
+from .redis import CALL_DEADLINE_ONLY, TLS_PARSER, AsyncRedisStore, RedisStore, client_options, parse_hosts_url
 
 __all__ = ["AsyncSentinelStore", "SentinelStore"]
 
@@ -99,7 +99,9 @@ class AsyncSentinelStore(AsyncRedisStore):
     def _open(self, url: str, timeout: float) -> redis.asyncio.Redis:
         target = _Target(url, timeout, asynchronous=True)
         self._service = target.service
-        self._sentinel = _AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel, **target.master)
+        # The Sentinels keep their socket timeout: discovery moves on from one that hangs.
+        master = target.master | CALL_DEADLINE_ONLY
+        self._sentinel = _AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel, **master)
         master_for: Callable[[str], redis.asyncio.Redis] = self._sentinel.master_for
         return master_for(self._service)
 
