@@ -467,10 +467,12 @@ def _pack_with_hiredis(pool: Any) -> None:
 #: The most decisions ``AsyncRedisStore`` sends in one batched script call.
 BATCH_SIZE = 64
 #: Queued decisions that go out at once, without waiting for the end of the loop iteration:
-#: Redis runs them while the client is still running the callers of the next ones. Each call
-#: costs the client about 50 µs whatever its size (redis-py's path and the socket write), so
-#: half a full batch: with 64 tasks, 32 did 15-30 % more decisions/s than 16 (and 64, which
-#: leaves nothing to overlap, 30 % fewer), the same as 16 with 16 or 256 tasks.
+#: Redis runs them while the client is still running the callers of the next ones. A call
+#: costs the client a fixed amount whatever its size (the socket write, the reply's wake-up), so
+#: half a full batch. With 64 tasks, when a call cost 50 µs, 32 did 15-30 % more decisions/s
+#: than 16, and 64 (nothing left to overlap) 30 % fewer; with 16 or 256 tasks 16 and 32 did the
+#: same. Since calls cost about half that (``AsyncHeldConnections``), 16 and 32 measure the same
+#: within this machine's noise.
 EARLY_BATCH = 32
 #: The most script calls ``AsyncRedisStore`` keeps in flight; beyond it, queued decisions wait
 #: for one to return.
