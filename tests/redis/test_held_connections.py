@@ -17,7 +17,7 @@ import threading
 import pytest
 
 import sluicegate
-from sluicegate.stores.redis import MAX_IN_FLIGHT
+from sluicegate.stores.redis import MAX_IN_FLIGHT, AsyncRedisStore
 
 pytestmark = pytest.mark.redis
 
@@ -104,12 +104,15 @@ async def test_an_async_connection_closed_while_idle_is_reconnected_not_failed(o
 
 
 async def test_a_call_that_timed_out_leaves_no_reply_for_the_next(own_redis):
-    async with sluicegate.AsyncLimiter(own_redis.url, timeout=0.2, fallback="raise") as limiter:
+    store = AsyncRedisStore(own_redis.url, timeout=0.2, batch_size=1)
+    async with sluicegate.AsyncLimiter(store, timeout=0.2, fallback="raise") as limiter:
         assert (await limiter.hit("a", "10/hour")).remaining == 9
         own_redis.stop()  # SIGSTOP: the next call is sent and its reply comes late
         try:
             with pytest.raises(sluicegate.StoreError, match="timeout"):
                 await limiter.hit("b", "10/hour")
+            # Dropped at once, before any late reply could arrive, not only found out later.
+            assert not any(connection.is_connected for connection in store._connections._idle)
         finally:
             own_redis.cont()
         await asyncio.sleep(0.3)  # the late reply, if any, arrives on the dropped connection

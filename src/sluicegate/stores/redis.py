@@ -545,9 +545,7 @@ class AsyncRedisStore:
             raise ConfigError(f"invalid Redis URL {describe(redact_url(url))}: {exc}") from None
 
     def __repr__(self) -> str:
-        return (
-            f"<AsyncRedisStore {self._client.connection_pool!r} in_flight={self._in_flight} queued={len(self._queue)}>"
-        )
+        return f"<AsyncRedisStore {self._connections!r} in_flight={self._in_flight} queued={len(self._queue)}>"
 
     async def decide(self, items: Sequence[Item], now: int | None, *, commit: bool) -> list[Verdict]:
         loop = asyncio.get_running_loop()
