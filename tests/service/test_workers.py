@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import httpx
@@ -18,7 +19,7 @@ import pytest
 from sluicegate import ConfigError
 from sluicegate.service.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from sluicegate.service.settings import Settings
-from sluicegate.service.workers import _hold_ports
+from sluicegate.service.workers import _hold_ports, _Supervisor, _Worker
 from tests.service.serve_process import DEADLINE_S, Serve
 
 LIMIT = 10
@@ -220,6 +221,7 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path, redis_url: str, pro
     single = Serve("--redis", redis_url, "--port", str(first.port))  # nor by a server of one process
     processes.append(single)
     assert single.process.wait(DEADLINE_S) == 1
+    single.wait_for(rf"cannot listen on 127\.0\.0\.1:{first.port} for HTTP")
     with socket.socket() as sock, pytest.raises(OSError, match="Address already in use"):  # nor another program
         sock.bind(("127.0.0.1", first.port))
     assert first.stop() == 0
@@ -266,12 +268,52 @@ def test_ports_are_held_resolved_once_and_the_fallback_share_split() -> None:
         assert settings.fallback_share == 0.125
         assert settings.metrics_port is None
         assert len(held) == 2
+        with socket.socket() as other:  # no other program binds it, SO_REUSEADDR or not
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match="Address already in use"):
+                other.bind(("127.0.0.1", settings.port))
         with socket.socket() as sock:  # a worker binds the held port with SO_REUSEPORT and listens
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("127.0.0.1", settings.port))
             sock.listen()
             with pytest.raises(ConfigError, match=rf"cannot listen on 127\.0\.0\.1:{settings.port} for HTTP"):
                 _hold_ports(Settings(port=settings.port, workers=2), held)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_sighup_goes_only_to_workers_that_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starting worker has no SIGHUP handler yet and a draining one none any more: SIGHUP's
+    default action would end them (and a worker ending while it starts stops everything)."""
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    supervisor = _Supervisor(Settings(workers=2), "/nonexistent")
+    for index, ready in ((1, True), (2, False)):
+        process = SimpleNamespace(pid=1000 + index)
+        supervisor.workers[index] = _Worker(index, process, None, ready)  # type: ignore[arg-type]
+    supervisor._reload()
+    assert sent == [(1001, signal.SIGHUP)]
+    supervisor.stopping = True
+    supervisor._reload()
+    assert sent == [(1001, signal.SIGHUP)]
+
+
+def test_a_port_whose_connections_wait_in_time_wait_is_held() -> None:
+    """A server that just stopped leaves its closed connections in TIME_WAIT on its port: a
+    restart there with workers must not fail for the next minute."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: it is the side that waits
+        client.close()
+    held: list[socket.socket] = []
+    try:
+        assert _hold_ports(Settings(port=port, workers=2), held).port == port
     finally:
         for sock in held:
             sock.close()

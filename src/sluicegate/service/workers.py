@@ -12,15 +12,17 @@ The supervisor, the process that was started:
 - checks once what every worker would check (a shared store, the config), so a bad setting is
   reported once and nothing starts;
 - checks that each port is free with a plain bind, then holds it with a bound (not listening)
-  ``SO_REUSEPORT`` socket until it exits: another program cannot take the port meanwhile, and
-  a second ``sluicegate serve`` on it (with workers or not) fails once the workers listen,
-  instead of silently splitting the traffic. Port 0 is resolved here, once, so that every
-  worker binds the same port;
+  ``SO_REUSEPORT`` socket until it exits, without ``SO_REUSEADDR`` unless an earlier server's
+  connections on the port still wait in TIME_WAIT: no other program can bind the port
+  meanwhile, and a second ``sluicegate serve`` on it (with workers or not) fails instead of
+  silently splitting the traffic. Port 0 is resolved here, once, so that every worker binds
+  the same port;
 - starts the workers (fresh interpreters: ``multiprocessing``'s spawn), each in its own process
   group so that a terminal's Ctrl-C reaches the supervisor alone, and logs ready once all
   serve. A worker that fails to start stops the others, and the supervisor exits 1;
-- forwards SIGHUP (reload the config) and turns SIGTERM or SIGINT into one SIGTERM per worker
-  (drain), then exits once they all have: 0, or 1 when one of them failed;
+- forwards SIGHUP (reload the config) to the workers that serve (one still starting reads the
+  config as it starts) and turns SIGTERM or SIGINT into one SIGTERM per worker (drain), then
+  exits once they all have: 0, or 1 when one of them failed;
 - restarts a worker that exits on its own, ``RESTART_DELAY`` later;
 - gives the workers a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed on exit; one already in the
   environment is not used, since it must start empty): prometheus_client then keeps each
@@ -55,6 +57,7 @@ from typing import Final
 from prometheus_client.multiprocess import mark_process_dead
 
 from .._errors import ConfigError
+from ..stores import store_kind
 from .config import RateLimitConfigError, load
 from .server import WorkerRole, configure_logging, report_config_error, run_loop, serve
 from .settings import Settings
@@ -72,29 +75,39 @@ def supervise(settings: Settings) -> int:
     """Run ``settings.workers`` workers until SIGTERM/SIGINT; the exit code."""
     held: list[socket.socket] = []
     try:
-        if settings.store_url.startswith("memory:"):
-            raise ConfigError(
-                f"{settings.workers} workers need a shared store (SLUICEGATE_REDIS_URL or --redis): "
-                "over memory:// each worker would enforce every limit on its own"
-            )
-        if settings.config is not None:
-            load(settings.config)
-        settings = _hold_ports(settings, held)
-    except RateLimitConfigError as exc:
-        report_config_error(settings.config, exc)
-        return 1
-    except ConfigError as exc:
-        log.error("not starting: %s", exc)
-        return 1
+        try:
+            if store_kind(settings.store_url) == "memory":
+                raise ConfigError(
+                    f"{settings.workers} workers need a shared store (SLUICEGATE_REDIS_URL or --redis): "
+                    "over memory:// each worker would enforce every limit on its own"
+                )
+            if settings.config is not None:
+                load(settings.config)
+            settings = _hold_ports(settings, held)
+        except RateLimitConfigError as exc:
+            report_config_error(settings.config, exc)
+            return 1
+        except ConfigError as exc:
+            log.error("not starting: %s", exc)
+            return 1
+        return _run_with_metrics_dir(settings)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _run_with_metrics_dir(settings: Settings) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="sluicegate-metrics-")
+    before = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by each worker's prometheus_client
     try:
         return asyncio.run(_Supervisor(settings, metrics_dir).run())
     finally:
-        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        if before is None:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = before
         shutil.rmtree(metrics_dir, ignore_errors=True)
-        for sock in held:
-            sock.close()
 
 
 def _hold_ports(settings: Settings, held: list[socket.socket]) -> Settings:
@@ -127,9 +140,12 @@ def _hold(host: str, port: int, what: str, held: list[socket.socket]) -> int:
                 port = probe.getsockname()[1]  # the first address's, when port 0 asked for any
             sock = socket.socket(family, kind, protocol)
             held.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((address[0], port, *address[2:]))
+            try:  # without SO_REUSEADDR, no other program's bind can share the port
+                sock.bind((address[0], port, *address[2:]))
+            except OSError:  # an earlier server's connections on it wait in TIME_WAIT
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address[0], port, *address[2:]))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}") from None
     return port
@@ -170,7 +186,7 @@ class _Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         for index in range(1, self.settings.workers + 1):
             self._start(index)
         await self._until(lambda: self.stopping or all(worker.ready for worker in self.workers.values()))
@@ -198,10 +214,17 @@ class _Supervisor:
         self._forward(signal.SIGTERM)
         self._changed.set()
 
-    def _forward(self, signum: int) -> None:
+    def _reload(self) -> None:
+        """SIGHUP to every ready worker: one still starting has no handler yet (SIGHUP would end
+        it) and reads the config as it starts; a draining one has none any more."""
+        if not self.stopping:
+            self._forward(signal.SIGHUP, ready_only=True)
+
+    def _forward(self, signum: int, *, ready_only: bool = False) -> None:
         for worker in self.workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.process.pid or 0, signum)
+            if worker.ready or not ready_only:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid or 0, signum)
 
     def _start(self, index: int) -> None:
         if self.stopping:
@@ -211,8 +234,19 @@ class _Supervisor:
         process = self._context.Process(
             target=_worker, args=(self.settings, index, os.getpid(), send), name=f"sluicegate-worker-{index}"
         )
-        process.start()
-        send.close()
+        try:
+            process.start()
+        except OSError as exc:  # out of processes, memory or file descriptors
+            receive.close()
+            log.error("cannot start worker %d: %s", index, exc)
+            if self.serving:
+                loop.call_later(RESTART_DELAY, self._start, index)
+            else:
+                self.failed = True
+                self.stop()
+            return
+        finally:
+            send.close()
         worker = self.workers[index] = _Worker(index, process, receive)
         loop.add_reader(receive.fileno(), self._on_ready, worker)
         loop.add_reader(process.sentinel, self._on_exit, worker)
@@ -232,12 +266,13 @@ class _Supervisor:
             worker.ready_pipe.close()
         worker.process.join()
         code, pid = worker.process.exitcode, worker.process.pid
+        worker.process.close()
         del self.workers[worker.index]
         if pid is not None:
             mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
         self._changed.set()
-        if self.stopping:
-            self.failed |= code is not None and code > 0
+        if self.stopping:  # one stopped while it started (Ctrl-C reached it too) did not fail
+            self.failed |= worker.ready and code is not None and code > 0
         elif not self.serving:
             log.error("worker %d (pid %s) failed to start (exit code %s): stopping", worker.index, pid, code)
             self.failed = True
