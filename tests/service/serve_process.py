@@ -73,9 +73,14 @@ class Serve:
         return mark
 
     def close(self) -> None:
-        """Kill the process if it still runs, and release its pipe."""
+        """Stop the process if it still runs (SIGTERM, so a supervisor stops its workers and
+        removes its files; SIGKILL if that takes too long), and release its pipe."""
         if self.process.poll() is None:
-            self.process.kill()
+            self.process.terminate()
+            try:
+                self.process.wait(DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.process.wait()
         self._reader.join(DEADLINE_S)
         if self.process.stderr is not None:
