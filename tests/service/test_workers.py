@@ -19,7 +19,7 @@ import pytest
 from sluicegate import ConfigError
 from sluicegate.service.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from sluicegate.service.settings import Settings
-from sluicegate.service.workers import _hold_ports, _Supervisor, _Worker
+from sluicegate.service.workers import _hold_ports, _Supervisor, _Worker, restart_delay
 from tests.service.serve_process import DEADLINE_S, Serve
 
 LIMIT = 10
@@ -190,8 +190,19 @@ def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(
     serve.wait_for(r"\(worker 1\): serving HTTP on", after=mark)
     text = httpx.get(f"{serve.url}/metrics", timeout=5).text
     assert _metric(text, "sluicegate_decisions_total", policy="api.per_user", outcome="allowed") == 6
+    [replacement] = set(_worker_pids(serve.process.pid)) - set(pids)
+    mark = len(serve.lines)
+    os.kill(replacement, signal.SIGKILL)  # again, before it was steady: a longer wait
+    serve.wait_for(rf"worker 1 \(pid {replacement}\) exited \(code -9\); starting another in 2s", after=mark)
+    serve.wait_for(r"\(worker 1\): serving HTTP on", after=mark)
     assert serve.stop() == 0
-    _wait_until_gone(pids)
+    _wait_until_gone([*pids, replacement])
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (its other child is multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, redis_url: str, processes: list[Serve]) -> None:
@@ -291,12 +302,17 @@ def test_sighup_goes_only_to_workers_that_serve(monkeypatch: pytest.MonkeyPatch)
     supervisor = _Supervisor(Settings(workers=2), "/nonexistent")
     for index, ready in ((1, True), (2, False)):
         process = SimpleNamespace(pid=1000 + index)
-        supervisor.workers[index] = _Worker(index, process, None, ready)  # type: ignore[arg-type]
+        supervisor.workers[index] = _Worker(index, process, None, 0.0, ready)  # type: ignore[arg-type]
     supervisor._reload()
     assert sent == [(1001, signal.SIGHUP)]
     supervisor.stopping = True
     supervisor._reload()
     assert sent == [(1001, signal.SIGHUP)]
+
+
+def test_a_worker_that_keeps_crashing_is_replaced_ever_more_slowly() -> None:
+    assert [restart_delay(crashes) for crashes in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert restart_delay(10_000) == 60
 
 
 def test_a_port_whose_connections_wait_in_time_wait_is_held() -> None:

@@ -23,7 +23,10 @@ The supervisor, the process that was started:
 - forwards SIGHUP (reload the config) to the workers that serve (one still starting reads the
   config as it starts) and turns SIGTERM or SIGINT into one SIGTERM per worker (drain), then
   exits once they all have: 0, or 1 when one of them failed;
-- restarts a worker that exits on its own, ``RESTART_DELAY`` later;
+- restarts a worker that exits on its own, ``RESTART_DELAY`` later, twice as long after each
+  crash of a worker that had not served for ``STEADY`` seconds (up to ``MAX_RESTART_DELAY``):
+  a worker that keeps failing costs a log line now and then, and the metrics files of each
+  dead worker (prometheus_client keeps its counters) stop piling up;
 - gives the workers a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed on exit; one already in the
   environment is not used, since it must start empty): prometheus_client then keeps each
   worker's values in files there, and /metrics, whichever worker answers it, shows them added
@@ -62,13 +65,22 @@ from .config import RateLimitConfigError, load
 from .server import WorkerRole, configure_logging, report_config_error, run_loop, serve
 from .settings import Settings
 
-__all__ = ["RESTART_DELAY", "supervise"]
+__all__ = ["MAX_RESTART_DELAY", "RESTART_DELAY", "STEADY", "restart_delay", "supervise"]
 
 log = logging.getLogger("sluicegate.serve")
 
 #: Seconds between a worker's unexpected exit and its replacement: a worker that keeps failing
 #: costs a log line a second, not a busy loop.
 RESTART_DELAY: Final = 1.0
+#: The longest wait before a replacement.
+MAX_RESTART_DELAY: Final = 60.0
+#: Seconds a worker must have served for its crash to count as a first one again.
+STEADY: Final = 60.0
+
+
+def restart_delay(crashes: int) -> float:
+    """Seconds before replacing a worker after ``crashes`` crashes in a row (the first is 1)."""
+    return min(RESTART_DELAY * 2.0 ** min(crashes - 1, 16), MAX_RESTART_DELAY)
 
 
 def supervise(settings: Settings) -> int:
@@ -168,6 +180,7 @@ class _Worker:
     index: int
     process: BaseProcess
     ready_pipe: Connection
+    started_at: float
     ready: bool = False
 
 
@@ -179,6 +192,7 @@ class _Supervisor:
         self.stopping = False
         self.serving = False  # every worker was ready once
         self.failed = False
+        self._crashes: dict[int, int] = {}  # by index: crashes in a row, each before it was steady
         self._context = multiprocessing.get_context("spawn")
         self._changed = asyncio.Event()
 
@@ -247,7 +261,7 @@ class _Supervisor:
             return
         finally:
             send.close()
-        worker = self.workers[index] = _Worker(index, process, receive)
+        worker = self.workers[index] = _Worker(index, process, receive, loop.time())
         loop.add_reader(receive.fileno(), self._on_ready, worker)
         loop.add_reader(process.sentinel, self._on_exit, worker)
 
@@ -278,7 +292,8 @@ class _Supervisor:
             self.failed = True
             self.stop()
         else:
-            log.error(
-                "worker %d (pid %s) exited (code %s); starting another in %gs", worker.index, pid, code, RESTART_DELAY
-            )
-            loop.call_later(RESTART_DELAY, self._start, worker.index)
+            steady = loop.time() - worker.started_at >= STEADY
+            crashes = self._crashes[worker.index] = 1 if steady else self._crashes.get(worker.index, 0) + 1
+            delay = restart_delay(crashes)
+            log.error("worker %d (pid %s) exited (code %s); starting another in %gs", worker.index, pid, code, delay)
+            loop.call_later(delay, self._start, worker.index)
