@@ -97,6 +97,7 @@ class _LimiterCore:
         "_breaker",
         "_clock",
         "_duration",
+        "_failure_counted_at",
         "_local",
         "_metrics",
         "_on_throttle",
@@ -148,6 +149,9 @@ class _LimiterCore:
         # Its label never changes: looked up once, not on every decision.
         self._duration = None if self._metrics is None else self._metrics.duration.labels(store_label)
         self._breaker = Breaker()
+        # When the breaker last counted a failure (perf_counter): decisions already in flight
+        # then failed with it, not after it (see ``_failed``).
+        self._failure_counted_at = -math.inf
         self._transition_lock = threading.Lock()
         self._blocked = BlockedKeys()
         self._local = MemoryStore()
@@ -215,13 +219,22 @@ class _LimiterCore:
         if len(items) == 1 and items[0].cost == 1 and not verdicts[0].allowed:
             self._blocked.remember(items[0].keys, verdicts[0], self._local_now())
 
-    def _failed(self, exc: StoreError) -> bool:
-        """The store failed: count it, feed the breaker, and return True if the breaker opened
-        (the caller then starts probing, and re-raises for ``fallback="raise"``)."""
+    def _failed(self, exc: StoreError, started: float) -> bool:
+        """The store failed for a decision asked for at ``started``: count it, feed the breaker,
+        and return True if the breaker opened (the caller then starts probing, and re-raises
+        for ``fallback="raise"``).
+
+        The breaker opens after failures in a row, and a decision that was already in flight
+        when the last failure was counted is part of that failure, not the next one in the row:
+        one stall longer than the timeout fails every decision in flight at once (a batch of 32,
+        four threads), and on its own it should not switch the node over for a second."""
         self._count_store_error(exc)
         if exc.kind == "pool":  # this process ran out of connections; the store is not to blame
             return False
         with self._transition_lock:
+            if not exc.refused and started < self._failure_counted_at:
+                return False
+            self._failure_counted_at = time.perf_counter()
             opened = self._breaker.failed(refused=exc.refused)
         if opened:
             log.warning("sluicegate: circuit breaker open after %s; deciding with fallback=%s", exc, self.fallback)
@@ -396,7 +409,7 @@ class Limiter(_LimiterCore):
     def _finish(
         self, key: str, merged: list[Item], given: list[tuple[str, int]] | None, started: float, *, commit: bool
     ) -> Decision:
-        verdicts, limits = self._decide(merged, commit=commit)
+        verdicts, limits = self._decide(merged, started, commit=commit)
         decision = self._answer(key, merged, given, verdicts, limits, started)
         if not decision.allowed and self._on_throttle is not None:
             try:
@@ -405,7 +418,9 @@ class Limiter(_LimiterCore):
                 log.exception("sluicegate: on_throttle hook failed")
         return decision
 
-    def _decide(self, items: Sequence[Item], *, commit: bool) -> tuple[Sequence[Verdict], list[int] | None]:
+    def _decide(
+        self, items: Sequence[Item], started: float, *, commit: bool
+    ) -> tuple[Sequence[Verdict], list[int] | None]:
         cached = self._cached(items)
         if cached is not None:
             return cached, None
@@ -413,7 +428,7 @@ class Limiter(_LimiterCore):
             try:
                 verdicts = self._store.decide(items, self._now(), commit=commit)
             except StoreError as exc:
-                if self._failed(exc):
+                if self._failed(exc, started):
                     self._start_probing()
                 if self.fallback == "raise":
                     raise
@@ -524,7 +539,7 @@ class AsyncLimiter(_LimiterCore):
     async def _finish(
         self, key: str, merged: list[Item], given: list[tuple[str, int]] | None, started: float, *, commit: bool
     ) -> Decision:
-        verdicts, limits = await self._decide(merged, commit=commit)
+        verdicts, limits = await self._decide(merged, started, commit=commit)
         decision = self._answer(key, merged, given, verdicts, limits, started)
         if not decision.allowed and self._on_throttle is not None:
             try:
@@ -535,7 +550,9 @@ class AsyncLimiter(_LimiterCore):
                 log.exception("sluicegate: on_throttle hook failed")
         return decision
 
-    async def _decide(self, items: Sequence[Item], *, commit: bool) -> tuple[Sequence[Verdict], list[int] | None]:
+    async def _decide(
+        self, items: Sequence[Item], started: float, *, commit: bool
+    ) -> tuple[Sequence[Verdict], list[int] | None]:
         cached = self._cached(items)
         if cached is not None:
             return cached, None
@@ -543,7 +560,7 @@ class AsyncLimiter(_LimiterCore):
             try:
                 verdicts = await self._store.decide(items, self._now(), commit=commit)
             except StoreError as exc:
-                if self._failed(exc):
+                if self._failed(exc, started):
                     self._start_probing()
                 if self.fallback == "raise":
                     raise

@@ -15,6 +15,7 @@ garbage collector off, so a collection in the test process is not mistaken for t
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -223,6 +224,61 @@ def test_sigstop_under_load_from_threads(own_redis: RedisServer):
     assert value(registry, "sluicegate_breaker_transitions_total", state="open") == 1
     assert value(registry, "sluicegate_breaker_transitions_total", state="closed") == 1
     assert not any(s.degraded for t in threads for s in t.samples[-50:])
+
+
+# --- one stall: every decision in flight fails at once -------------------------------------------
+
+STALL_TIMEOUT = 0.2  # wide margins: the stall outlasts it by half, and nothing else is asked meanwhile
+
+
+@pytest.mark.redis
+async def test_one_stall_that_fails_a_whole_batch_does_not_open_the_breaker(own_redis: RedisServer):
+    """32 concurrent decisions go out in batches and all time out together when Redis stalls
+    once for 1.5 timeouts: one failure, not 32 in a row, so the breaker stays closed and the
+    next decisions go to Redis again."""
+    registry = CollectorRegistry()
+    async with sluicegate.AsyncLimiter(own_redis.url, timeout=STALL_TIMEOUT, registry=registry) as limiter:
+        await limiter.hit("warm-up", "10/second")
+        own_redis.stop()
+        try:
+            stalled = asyncio.gather(*(limiter.hit(f"k{i}", "1000/second") for i in range(32)))
+            await asyncio.sleep(1.5 * STALL_TIMEOUT)
+        finally:
+            own_redis.cont()
+        assert all(d.degraded for d in await stalled)  # they did fail (and the fallback answered)
+        after = await asyncio.gather(*(limiter.hit(f"k{i}", "1000/second") for i in range(32)))
+    assert not any(d.degraded for d in after)
+    assert value(registry, "sluicegate_store_errors_total", store="redis", error="timeout") == 32
+    assert value(registry, "sluicegate_breaker_transitions_total", state="open") == 0
+
+
+@pytest.mark.redis
+def test_one_stall_that_fails_every_thread_at_once_does_not_open_the_breaker(own_redis: RedisServer):
+    registry = CollectorRegistry()
+    with sluicegate.Limiter(own_redis.url, timeout=STALL_TIMEOUT, registry=registry) as limiter:
+        limiter.hit("warm-up", "10/second")
+        barrier = threading.Barrier(THREADS + 1)
+        decisions: list[sluicegate.Decision] = []
+
+        def decide(i: int) -> None:
+            barrier.wait()
+            decisions.append(limiter.hit(f"k{i}", "1000/second"))
+
+        threads = [threading.Thread(target=decide, args=(i,)) for i in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        own_redis.stop()
+        try:
+            barrier.wait()
+            time.sleep(1.5 * STALL_TIMEOUT)
+        finally:
+            own_redis.cont()
+        for thread in threads:
+            thread.join()
+        assert len(decisions) == THREADS
+        assert all(d.degraded for d in decisions)
+        assert not limiter.hit("k0", "1000/second").degraded
+    assert value(registry, "sluicegate_breaker_transitions_total", state="open") == 0
 
 
 # --- the sync probe thread: reopened while it exits -------------------------------------------
