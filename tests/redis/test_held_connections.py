@@ -18,6 +18,7 @@ import pytest
 
 import sluicegate
 from sluicegate.stores.redis import MAX_IN_FLIGHT, AsyncRedisStore
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -115,6 +116,7 @@ async def test_a_call_that_timed_out_leaves_no_reply_for_the_next(own_redis):
             assert not any(connection.is_connected for connection in store._connections._idle)
         finally:
             own_redis.cont()
-        await asyncio.sleep(0.3)  # the late reply, if any, arrives on the dropped connection
+        with own_redis.client() as raw:  # b's command runs now, and its late reply goes out
+            await async_wait_until(lambda: raw.dbsize() == 2, timeout=5, what="b's late command to run")
         # a's own answer, not b's late one (b's remaining 9 would read as a's 9 otherwise)
         assert (await limiter.hit("a", "10/hour")).remaining == 8
